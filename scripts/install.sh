@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Installs DaTaSeg and every dependency, pinned, into the active Python environment.
+#
+#   python -m venv .venv && . .venv/bin/activate && bash scripts/install.sh
+#
+# Idempotent: a second run finds everything installed and downloads nothing.
+# Environment variables:
+#   PYTHON                 interpreter to install into (default: python)
+#   DATASEG_CACHE          where the detectron2 source archive is kept (default ~/.cache/dataseg)
+#   DATASEG_BUILD_CUDA     auto (default) | 1 (force the CUDA kernel) | 0 (never build it)
+#   DATASEG_REINSTALL=1    re-run the editable install of this project (e.g. after kernel edits)
+#   DETECTRON2_GIT_COMMIT  when github.com is reachable, detectron2 is installed from its
+#                          repository at this commit (with its compiled ops) instead of the
+#                          v0.6 PyPI sources. Default: v0.6's commit d1e04565.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python}"
+CACHE="${DATASEG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dataseg}"
+CONSTRAINTS="$ROOT/requirements/constraints.txt"
+D2_URL="https://files.pythonhosted.org/packages/60/26/48f5bbb7ee492696a21da23303daeecdfe3942c498a70d34108acf63b2bd/pb1-detectron2-0.6.tar.gz"
+D2_SHA256="5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
+D2_COMMIT="${DETECTRON2_GIT_COMMIT:-d1e04565d3bec8719335b88be9e9b961bf3ec464}"
+
+# --isolated: ignore the machine's pip config (its find-links offers a CPU-only torch wheel
+# for which no torchvision build exists).
+pip_install() { "$PY" -m pip --isolated --disable-pip-version-check install "$@"; }
+say() { printf '\n==> %s\n' "$*"; }
+
+"$PY" - <<'EOF'
+import sys
+if sys.version_info < (3, 9):
+    sys.exit(f"DaTaSeg needs Python >= 3.9, found {sys.version.split()[0]}")
+EOF
+
+say "torch and torchvision (matching PyPI builds)"
+pip_install -c "$CONSTRAINTS" torch torchvision
+
+say "pinned dependencies"
+pip_install -c "$CONSTRAINTS" -r "$ROOT/requirements/base.txt"
+# These packages pin versions they do not need (panopticapi-lite: pillow>=10.4) or pull in
+# numpy 2 (sentence-transformers); their code works with the pins above, so no deps.
+pip_install --no-deps -r "$ROOT/requirements/nodeps.txt"
+
+say "detectron2"
+if "$PY" -c "import detectron2, sys; sys.exit(0 if detectron2.__version__.startswith('0.6') else 1)" 2>/dev/null; then
+    echo "detectron2 $("$PY" -c 'import detectron2; print(detectron2.__version__)') already installed"
+elif [ "${DATASEG_D2_FROM_GIT:-auto}" != "0" ] && timeout 20 git ls-remote https://github.com/facebookresearch/detectron2 >/dev/null 2>&1; then
+    echo "github.com reachable: detectron2 from its repository at $D2_COMMIT (with compiled ops)"
+    pip_install --no-build-isolation "git+https://github.com/facebookresearch/detectron2@$D2_COMMIT"
+else
+    echo "github.com unreachable: detectron2 v0.6 Python sources from PyPI (pb1-detectron2), no compiled ops"
+    mkdir -p "$CACHE"
+    ARCHIVE="$CACHE/pb1-detectron2-0.6.tar.gz"
+    if [ ! -f "$ARCHIVE" ]; then
+        "$PY" -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2] + '.part')" "$D2_URL" "$ARCHIVE"
+        mv "$ARCHIVE.part" "$ARCHIVE"
+    fi
+    echo "$D2_SHA256  $ARCHIVE" | sha256sum -c - || { rm -f "$ARCHIVE"; echo "sha256 mismatch: removed $ARCHIVE, run again" >&2; exit 1; }
+    WORK="$(mktemp -d)"
+    trap 'rm -rf "$WORK"' EXIT
+    tar -xzf "$ARCHIVE" -C "$WORK"
+    "$PY" "$ROOT/scripts/patch_detectron2_sources.py" "$WORK/pb1-detectron2-0.6"
+    pip_install --no-build-isolation --no-deps "$WORK/pb1-detectron2-0.6"
+fi
+
+say "dataseg (editable)"
+# (checked from / so that the checkout itself is not what gets imported)
+if [ "${DATASEG_REINSTALL:-0}" != "1" ] && (cd / && "$PY" -c "import pathlib, sys, dataseg; sys.exit(0 if pathlib.Path(dataseg.__file__).resolve().parent == pathlib.Path(sys.argv[1]).resolve() / \"dataseg\" else 1)" "$ROOT" 2>/dev/null)
+then
+    echo "dataseg already installed from $ROOT (DATASEG_REINSTALL=1 to rebuild)"
+else
+    pip_install --no-build-isolation --no-deps -e "$ROOT"
+fi
+
+say "done"
+"$PY" -m dataseg.collect_env --short
