@@ -1,0 +1,306 @@
+"""Multi-scale deformable attention (Deformable DETR, used by the Mask2Former pixel decoder).
+
+Two implementations of the same core op share one contract:
+
+- ``ms_deform_attn_pytorch``: pure PyTorch (``F.grid_sample``), always importable; used on CPU
+  and wherever the compiled kernel is absent.
+- the CUDA kernel in ``csrc/`` (extension ``dataseg._C``, built by
+  ``DATASEG_BUILD_CUDA=1 pip install --no-build-isolation -e .``), wrapped in
+  ``MSDeformAttnFunction``; faster and lighter on memory on the GPU.
+
+``MSDeformAttn`` is the attention module; its ``impl`` picks the path ("auto", "pytorch",
+"cuda"). ``kernel_status()`` says whether the kernel can be used (printed by
+``python -m dataseg.collect_env``).
+
+Conventions (both paths): sampling locations are normalised (x, y) in [0, 1] of each level's
+(W, H); pixel centres sit at ((i + 0.5) / W), i.e. ``align_corners=False``; samples outside a
+level read zeros (bilinear with zero padding).
+"""
+import math
+from typing import Optional
+
+import torch  # must be imported before dataseg._C, whose symbols come from libtorch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "ms_deform_attn_pytorch",
+    "ms_deform_attn_cuda",
+    "MSDeformAttnFunction",
+    "MSDeformAttn",
+    "kernel_status",
+    "kernel_available",
+    "BUILD_HINT",
+]
+
+BUILD_HINT = "DATASEG_BUILD_CUDA=1 pip install --no-build-isolation -e ."
+_IMPLS = ("auto", "pytorch", "cuda")
+
+# Lazily imported extension: (module or None, reason it could not be imported or None).
+_KERNEL = None
+
+
+def _load_kernel():
+    """Imports ``dataseg._C`` once; returns (module or None, failure reason or None)."""
+    global _KERNEL
+    if _KERNEL is None:
+        try:
+            from dataseg import _C
+        except ImportError as e:
+            _KERNEL = (None, f"{type(e).__name__}: {e}")
+        else:
+            if hasattr(_C, "ms_deform_attn_forward"):
+                _KERNEL = (_C, None)
+            else:
+                _KERNEL = (None, f"{_C.__file__} has no ms_deform_attn_forward")
+    return _KERNEL
+
+
+def kernel_available() -> bool:
+    """True when the compiled kernel imports (it still needs CUDA tensors to run)."""
+    return _load_kernel()[0] is not None
+
+
+def kernel_status() -> str:
+    """One line on the compiled kernel: "built (<path>)" or "not built (<reason>)"."""
+    mod, reason = _load_kernel()
+    if mod is None:
+        return f"not built ({reason}); build it with: {BUILD_HINT}"
+    gpu = "" if torch.cuda.is_available() else "; no GPU visible, the PyTorch path is used"
+    return f"built ({mod.__file__}){gpu}"
+
+
+def _check_core_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                       attention_weights):
+    """Validates the shapes shared by both implementations; errors name the bad argument."""
+    if value.dim() != 4:
+        raise ValueError(f"ms_deform_attn: value must be (N, S, M, D), got {tuple(value.shape)}")
+    n, s, m, _ = value.shape
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+        raise ValueError("ms_deform_attn: spatial_shapes must be (L, 2) (H, W) per level, got "
+                         f"{tuple(spatial_shapes.shape)}")
+    n_levels = spatial_shapes.shape[0]
+    if tuple(level_start_index.shape) != (n_levels,):
+        raise ValueError(f"ms_deform_attn: level_start_index must be ({n_levels},), got "
+                         f"{tuple(level_start_index.shape)}")
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        raise ValueError("ms_deform_attn: sampling_locations must be (N, Lq, M, L, P, 2), got "
+                         f"{tuple(sampling_locations.shape)}")
+    sn, lq, sm, sl, p, _ = sampling_locations.shape
+    if (sn, sm, sl) != (n, m, n_levels):
+        raise ValueError(f"ms_deform_attn: sampling_locations {tuple(sampling_locations.shape)} "
+                         f"does not match value (N={n}, M={m}) and spatial_shapes (L={n_levels})")
+    if tuple(attention_weights.shape) != (n, lq, m, n_levels, p):
+        raise ValueError(f"ms_deform_attn: attention_weights must be {(n, lq, m, n_levels, p)}, "
+                         f"got {tuple(attention_weights.shape)}")
+    total = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
+    if total != s:
+        raise ValueError(f"ms_deform_attn: value has S={s} positions but spatial_shapes "
+                         f"{spatial_shapes.tolist()} sum to {total}")
+
+
+def ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations,
+                           attention_weights):
+    """Deformable attention core in plain PyTorch (bilinear ``grid_sample`` per level).
+
+    Args:
+        value: (N, S, M, D), S = sum_l H_l * W_l, levels flattened row-major one after another.
+        spatial_shapes: (L, 2) int64, (H_l, W_l).
+        level_start_index: (L,) int64, offset of each level in S.
+        sampling_locations: (N, Lq, M, L, P, 2), normalised (x, y) in [0, 1].
+        attention_weights: (N, Lq, M, L, P), already normalised over L * P.
+    Returns:
+        (N, Lq, M * D).
+    """
+    _check_core_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                       attention_weights)
+    n, _, m, d = value.shape
+    _, lq, _, n_levels, p, _ = sampling_locations.shape
+    shapes = spatial_shapes.tolist()
+    starts = level_start_index.tolist()
+    # grid_sample wants coordinates in [-1, 1]; with align_corners=False, -1 is the left edge
+    # of pixel 0, the same convention as x * W - 0.5 in pixel units.
+    grids = 2.0 * sampling_locations - 1.0
+    sampled = []
+    for lvl, ((h, w), start) in enumerate(zip(shapes, starts)):
+        # (N, H*W, M, D) -> (N*M, D, H, W)
+        v = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
+        # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
+        g = grids[:, :, :, lvl].transpose(1, 2).reshape(n * m, lq, p, 2)
+        sampled.append(F.grid_sample(v, g.to(v.dtype), mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))  # (N*M, D, Lq, P)
+    # (N*M, D, Lq, L*P) weighted by (N*M, 1, Lq, L*P)
+    stacked = torch.stack(sampled, dim=-2).flatten(-2)
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels * p)
+    out = (stacked * weights.to(stacked.dtype)).sum(-1)  # (N*M, D, Lq)
+    return out.view(n, m * d, lq).transpose(1, 2).contiguous()
+
+
+class MSDeformAttnFunction(Function):
+    """Autograd wrapper of the compiled kernel (``dataseg._C``); inputs are CUDA tensors.
+
+    Runs in fp32 under autocast: sampling locations need more precision than fp16 gives
+    (a 1e-3 step in [0, 1] is most of a pixel on a 128-wide level).
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations,
+                attention_weights):
+        mod, reason = _load_kernel()
+        if mod is None:
+            raise RuntimeError(f"dataseg CUDA deformable-attention kernel is not built "
+                               f"({reason}); build it with: {BUILD_HINT}")
+        dtype = value.dtype
+        sampling_locations = sampling_locations.to(dtype).contiguous()
+        attention_weights = attention_weights.to(dtype).contiguous()
+        value = value.contiguous()
+        spatial_shapes = spatial_shapes.to(torch.int64).contiguous()
+        level_start_index = level_start_index.to(torch.int64).contiguous()
+        out = mod.ms_deform_attn_forward(value, spatial_shapes, level_start_index,
+                                         sampling_locations, attention_weights)
+        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
+                              attention_weights)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_output):
+        mod, _ = _load_kernel()
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = \
+            ctx.saved_tensors
+        grad_value, grad_loc, grad_attn = mod.ms_deform_attn_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            grad_output.contiguous())
+        return grad_value, None, None, grad_loc, grad_attn
+
+
+def ms_deform_attn_cuda(value, spatial_shapes, level_start_index, sampling_locations,
+                        attention_weights):
+    """Same contract as ``ms_deform_attn_pytorch``, computed by the compiled kernel."""
+    _check_core_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                       attention_weights)
+    if not value.is_cuda:
+        raise RuntimeError("ms_deform_attn_cuda: the kernel needs CUDA tensors, got "
+                           f"value on {value.device}")
+    return MSDeformAttnFunction.apply(value, spatial_shapes, level_start_index,
+                                      sampling_locations, attention_weights)
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention: each query samples n_points per head and level around
+    its reference point, at learned offsets, and mixes them with learned softmax weights.
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8,
+                 n_points: int = 4, impl: str = "auto"):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"MSDeformAttn: d_model={d_model} is not divisible by "
+                             f"n_heads={n_heads}")
+        if impl not in _IMPLS:
+            raise ValueError(f"MSDeformAttn: impl must be one of {_IMPLS}, got {impl!r}")
+        if impl == "cuda" and not kernel_available():
+            raise RuntimeError(f"MSDeformAttn(impl='cuda'): the CUDA kernel dataseg._C is not "
+                               f"built ({_load_kernel()[1]}); build it with: {BUILD_HINT}")
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        self.impl = impl
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Deformable DETR's init: at start each head looks in its own direction on a ring
+        (point k at distance k + 1 pixels), with uniform attention over its samples.
+        """
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.n_heads, dtype=torch.float64) * (2.0 * math.pi / self.n_heads)
+        dirs = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (M, 2)
+        # Stretch each direction so its larger component is 1 (square ring, one pixel).
+        dirs = dirs / dirs.abs().max(dim=-1, keepdim=True).values
+        scale = torch.arange(1, self.n_points + 1, dtype=torch.float64).view(1, 1, -1, 1)
+        bias = dirs.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1) * scale
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(bias.flatten().to(self.sampling_offsets.bias.dtype))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def _use_kernel(self, value: torch.Tensor) -> bool:
+        if self.impl == "pytorch":
+            return False
+        if self.impl == "cuda":
+            if not value.is_cuda:
+                raise RuntimeError("MSDeformAttn(impl='cuda') got tensors on "
+                                   f"{value.device}; the kernel runs on CUDA tensors only")
+            return True
+        return value.is_cuda and kernel_available()
+
+    def forward(self, query, reference_points, input_flatten, input_spatial_shapes,
+                input_level_start_index, input_padding_mask: Optional[torch.Tensor] = None):
+        """
+        Args:
+            query: (N, Lq, C).
+            reference_points: (N, Lq, L, 2) normalised (x, y) in [0, 1], or (N, Lq, L, 4)
+                boxes (cx, cy, w, h); offsets are then relative to half the box size.
+            input_flatten: (N, S, C), all levels flattened.
+            input_spatial_shapes: (L, 2) int64 (H, W); input_level_start_index: (L,) int64.
+            input_padding_mask: (N, S) bool, True at padded positions (they contribute 0).
+        Returns:
+            (N, Lq, C).
+        """
+        n, lq, c = query.shape
+        if c != self.d_model:
+            raise ValueError(f"MSDeformAttn: query has {c} channels, expected {self.d_model}")
+        if input_flatten.dim() != 3 or input_flatten.shape[0] != n \
+                or input_flatten.shape[2] != c:
+            raise ValueError(f"MSDeformAttn: input_flatten must be (N={n}, S, C={c}), got "
+                             f"{tuple(input_flatten.shape)}")
+        s = input_flatten.shape[1]
+        if tuple(input_spatial_shapes.shape) != (self.n_levels, 2):
+            raise ValueError(f"MSDeformAttn: input_spatial_shapes must be ({self.n_levels}, 2), "
+                             f"got {tuple(input_spatial_shapes.shape)}")
+        if reference_points.dim() != 4 or tuple(reference_points.shape[:3]) != \
+                (n, lq, self.n_levels) or reference_points.shape[-1] not in (2, 4):
+            raise ValueError(f"MSDeformAttn: reference_points must be (N={n}, Lq={lq}, "
+                             f"L={self.n_levels}, 2 or 4), got {tuple(reference_points.shape)}")
+
+        m, nl, p = self.n_heads, self.n_levels, self.n_points
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            if tuple(input_padding_mask.shape) != (n, s):
+                raise ValueError(f"MSDeformAttn: input_padding_mask must be (N={n}, S={s}), got "
+                                 f"{tuple(input_padding_mask.shape)}")
+            value = value.masked_fill(input_padding_mask[..., None].bool(), 0.0)
+        value = value.view(n, s, m, c // m)
+        offsets = self.sampling_offsets(query).view(n, lq, m, nl, p, 2)
+        weights = self.attention_weights(query).view(n, lq, m, nl * p)
+        weights = weights.softmax(-1).view(n, lq, m, nl, p)
+
+        if reference_points.shape[-1] == 2:
+            # Offsets are in pixels of each level: divide by its (W, H).
+            normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
+            locations = (reference_points[:, :, None, :, None, :]
+                         + offsets / normalizer[None, None, None, :, None, :])
+        else:
+            locations = (reference_points[:, :, None, :, None, :2]
+                         + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5)
+
+        if self._use_kernel(value):
+            out = ms_deform_attn_cuda(value, input_spatial_shapes, input_level_start_index,
+                                      locations, weights)
+            out = out.to(query.dtype)
+        else:
+            out = ms_deform_attn_pytorch(value, input_spatial_shapes, input_level_start_index,
+                                         locations, weights)
+        return self.output_proj(out)
