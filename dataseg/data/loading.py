@@ -1,0 +1,365 @@
+"""Dataset-dict loaders for the on-disk formats DaTaSeg reads (called lazily by DatasetCatalog).
+
+Each loader validates what it reads and raises :class:`DatasetFormatError` naming the file, key,
+image or annotation at fault. Missing files are errors unless skipping bad records is enabled
+(``set_skip_bad_records(True)``, applied from ``cfg.DATASETS.SKIP_BAD_RECORDS`` by the build
+functions); then they are dropped and one warning with the count is logged at the end.
+
+Record formats (Detectron2's standard dicts plus ``"dataset_name"``):
+
+* semantic: ``file_name``, ``sem_seg_file_name``, ``image_id`` (file stem).
+* panoptic: ``file_name``, ``image_id``, ``height``, ``width``, ``pan_seg_file_name``,
+  ``segments_info`` (``id``, contiguous ``category_id``, ``isthing``, ``iscrowd``, ``area``),
+  ``sem_seg_file_name`` when a semantic root is given.
+* instance: ``annotations`` (``bbox`` XYWH_ABS, ``bbox_mode``, contiguous ``category_id``,
+  ``iscrowd``, ``segmentation`` as polygons or compressed RLE).
+* box: memory-lean; no per-box dicts but ``boxes`` (float32 Nx4, XYXY absolute) and
+  ``box_classes`` (int32 N, contiguous ids); crowd boxes are dropped at load time (the
+  mappers would drop them anyway). Image files of json datasets are not stat-ed at load time
+  (1.7M stats for Objects365); a missing one is reported by the mapper.
+"""
+import array
+import json
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from detectron2.structures import BoxMode
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DatasetFormatError",
+    "set_skip_bad_records",
+    "skip_bad_records",
+    "load_semantic_dicts",
+    "load_panoptic_dicts",
+    "load_instance_dicts",
+    "load_box_dicts",
+]
+
+_SKIP_BAD_RECORDS = False
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file is missing, malformed or inconsistent with the registered vocabulary."""
+
+
+def set_skip_bad_records(flag: bool) -> None:
+    """Sets whether loaders/mappers skip (with a counted warning) records whose files are bad."""
+    global _SKIP_BAD_RECORDS
+    _SKIP_BAD_RECORDS = bool(flag)
+
+
+def skip_bad_records() -> bool:
+    """Current value of the skip-bad-records setting (default False: fail loudly)."""
+    return _SKIP_BAD_RECORDS
+
+
+class _BadRecords:
+    """Collects bad records: raises at once, or counts them and warns once at the end."""
+
+    def __init__(self, dataset_name: str):
+        self.dataset_name = dataset_name
+        self.skip = skip_bad_records()
+        self.messages: List[str] = []
+
+    def report(self, message: str) -> None:
+        if not self.skip:
+            raise DatasetFormatError(f"dataset '{self.dataset_name}': {message}")
+        self.messages.append(message)
+
+    def finish(self) -> None:
+        if self.messages:
+            logger.warning("dataset '%s': skipped %d bad records (first: %s)", self.dataset_name,
+                           len(self.messages), self.messages[0])
+
+
+def _read_json(path: str):
+    if not os.path.isfile(path):
+        raise DatasetFormatError(f"json file not found: {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{path}: not valid json ({e})") from e
+
+
+def _require(obj, key: str, path: str, where: str):
+    if not isinstance(obj, dict) or key not in obj:
+        raise DatasetFormatError(f"{path}: {where} has no key '{key}'")
+    return obj[key]
+
+
+def _list_files(root: str, ext: str) -> Dict[str, str]:
+    """Maps relative path without extension -> absolute path for files under root ending in ext."""
+    if not os.path.isdir(root):
+        raise DatasetFormatError(f"directory not found: {root}")
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for fn in files:
+            if fn.endswith(ext):
+                full = os.path.join(dirpath, fn)
+                out[os.path.relpath(full, root)[: -len(ext)]] = full
+    return out
+
+
+def load_semantic_dicts(dataset_name: str, image_root: str, sem_seg_root: str,
+                        image_ext: str = ".jpg", label_ext: str = ".png") -> List[dict]:
+    """Pairs <image_root>/<stem><image_ext> with <sem_seg_root>/<stem><label_ext> by stem."""
+    images = _list_files(image_root, image_ext)
+    labels = _list_files(sem_seg_root, label_ext)
+    if not images:
+        raise DatasetFormatError(f"dataset '{dataset_name}': no '*{image_ext}' images in "
+                                 f"{image_root}")
+    bad = _BadRecords(dataset_name)
+    records = []
+    for stem in sorted(images):
+        if stem not in labels:
+            bad.report(f"label file missing for image {images[stem]}: expected "
+                       f"{os.path.join(sem_seg_root, stem + label_ext)}")
+            continue
+        records.append({"file_name": images[stem], "sem_seg_file_name": labels[stem],
+                        "image_id": stem, "dataset_name": dataset_name})
+    for stem in sorted(set(labels) - set(images)):
+        bad.report(f"image file missing for label {labels[stem]}: expected "
+                   f"{os.path.join(image_root, stem + image_ext)}")
+    bad.finish()
+    return records
+
+
+def _category_map(categories: Sequence[dict]) -> Dict[int, int]:
+    return {int(c["id"]): i for i, c in enumerate(categories)}
+
+
+def load_panoptic_dicts(dataset_name: str, image_root: str, panoptic_root: str,
+                        panoptic_json: str, categories: Sequence[dict],
+                        sem_seg_root: Optional[str] = None) -> List[dict]:
+    """Reads a COCO panoptic json + PNG folder into Detectron2 panoptic records."""
+    data = _read_json(panoptic_json)
+    images = _require(data, "images", panoptic_json, "top level")
+    anns = _require(data, "annotations", panoptic_json, "top level")
+    id_map = _category_map(categories)
+    is_thing = [bool(c.get("isthing", 1)) for c in categories]
+    image_by_id = {}
+    for k, img in enumerate(images):
+        where = f"images[{k}]"
+        image_by_id[_require(img, "id", panoptic_json, where)] = img
+        for key in ("file_name", "height", "width"):
+            _require(img, key, panoptic_json, where)
+    bad = _BadRecords(dataset_name)
+    records = []
+    for k, ann in enumerate(anns):
+        where = f"annotations[{k}]"
+        image_id = _require(ann, "image_id", panoptic_json, where)
+        png = _require(ann, "file_name", panoptic_json, where)
+        segs = _require(ann, "segments_info", panoptic_json, where)
+        if image_id not in image_by_id:
+            raise DatasetFormatError(f"{panoptic_json}: {where} refers to image_id {image_id} "
+                                     "which is not in 'images'")
+        img = image_by_id[image_id]
+        segments = []
+        for s in segs:
+            seg_id = _require(s, "id", panoptic_json, f"{where} (image {image_id}) segment")
+            cat = _require(s, "category_id", panoptic_json,
+                           f"{where} (image {image_id}) segment {seg_id}")
+            if cat not in id_map:
+                raise DatasetFormatError(
+                    f"{panoptic_json}: image {image_id}, segment id {seg_id}: category_id {cat} "
+                    f"is not in the registered vocabulary of '{dataset_name}'")
+            contiguous = id_map[cat]
+            segments.append({"id": int(seg_id), "category_id": contiguous,
+                             "isthing": is_thing[contiguous], "iscrowd": int(s.get("iscrowd", 0)),
+                             "area": s.get("area")})
+        rec = {"file_name": os.path.join(image_root, img["file_name"]), "image_id": image_id,
+               "height": int(img["height"]), "width": int(img["width"]),
+               "pan_seg_file_name": os.path.join(panoptic_root, png),
+               "segments_info": segments, "dataset_name": dataset_name}
+        if sem_seg_root is not None:
+            rec["sem_seg_file_name"] = os.path.join(sem_seg_root, png)
+        missing = [rec[k] for k in ("file_name", "pan_seg_file_name", "sem_seg_file_name")
+                   if k in rec and not os.path.isfile(rec[k])]
+        if missing:
+            bad.report(f"file missing for image {image_id}: {missing[0]}")
+            continue
+        records.append(rec)
+    bad.finish()
+    return records
+
+
+def _convert_segmentation(segm, height: int, width: int, path: str, ann_id):
+    """Polygons: drops ones with < 3 points (None if none left); RLE: compressed form."""
+    from pycocotools import mask as mask_util
+
+    if isinstance(segm, dict):
+        if "counts" not in segm or "size" not in segm:
+            raise DatasetFormatError(f"{path}: annotation {ann_id}: RLE segmentation needs "
+                                     "'counts' and 'size'")
+        if isinstance(segm["counts"], list):  # uncompressed RLE
+            segm = mask_util.frPyObjects(segm, *segm["size"])
+        return segm
+    if isinstance(segm, list):
+        polys = [list(map(float, p)) for p in segm if len(p) >= 6 and len(p) % 2 == 0]
+        return polys or None
+    raise DatasetFormatError(f"{path}: annotation {ann_id}: 'segmentation' must be polygons or "
+                             f"RLE, got {type(segm).__name__}")
+
+
+def load_instance_dicts(dataset_name: str, image_root: str, json_file: str,
+                        categories: Sequence[dict]) -> List[dict]:
+    """Reads a COCO instance json (polygons or RLE) into Detectron2 instance records."""
+    data = _read_json(json_file)
+    images = _require(data, "images", json_file, "top level")
+    anns = _require(data, "annotations", json_file, "top level")
+    id_map = _category_map(categories)
+    per_image: Dict[object, list] = {}
+    order = []
+    for k, img in enumerate(images):
+        for key in ("id", "file_name", "height", "width"):
+            _require(img, key, json_file, f"images[{k}]")
+        per_image[img["id"]] = []
+        order.append(img)
+    dropped = 0
+    for k, ann in enumerate(anns):
+        ann_id = ann.get("id", f"#{k}") if isinstance(ann, dict) else f"#{k}"
+        where = f"annotation {ann_id}"
+        for key in ("image_id", "category_id", "bbox", "segmentation"):
+            _require(ann, key, json_file, where)
+        if ann["image_id"] not in per_image:
+            raise DatasetFormatError(f"{json_file}: {where} refers to image_id "
+                                     f"{ann['image_id']} which is not in 'images'")
+        if ann["category_id"] not in id_map:
+            raise DatasetFormatError(
+                f"{json_file}: image {ann['image_id']}, annotation {ann_id}: category_id "
+                f"{ann['category_id']} is not in the registered vocabulary of '{dataset_name}'")
+        segm = _convert_segmentation(ann["segmentation"], 0, 0, json_file, ann_id)
+        if segm is None:
+            dropped += 1
+            continue
+        per_image[ann["image_id"]].append({
+            "bbox": [float(v) for v in ann["bbox"]], "bbox_mode": BoxMode.XYWH_ABS,
+            "category_id": id_map[ann["category_id"]], "iscrowd": int(ann.get("iscrowd", 0)),
+            "segmentation": segm})
+    if dropped:
+        logger.warning("dataset '%s': dropped %d annotations without a valid polygon (%s)",
+                       dataset_name, dropped, json_file)
+    return [{"file_name": os.path.join(image_root, img["file_name"]), "image_id": img["id"],
+             "height": int(img["height"]), "width": int(img["width"]),
+             "annotations": per_image[img["id"]], "dataset_name": dataset_name}
+            for img in order]
+
+
+class _LeanCocoHook:
+    """json ``object_hook`` that streams images/annotations into flat arrays.
+
+    ``json.load`` would otherwise hold one Python dict per box (about 1 KB each: 25 GB for
+    Objects365); the hook keeps 8 numbers per box and returns None in place of the dict.
+    """
+
+    def __init__(self):
+        self.ann_id = array.array("q")
+        self.ann_image = array.array("q")
+        self.ann_cat = array.array("q")
+        self.ann_box = array.array("f")
+        self.ann_crowd = array.array("b")
+        self.img_id = array.array("q")
+        self.img_h = array.array("i")
+        self.img_w = array.array("i")
+        self.img_file: List[str] = []
+
+    def __call__(self, d):
+        if "bbox" in d and "image_id" in d and "category_id" in d:
+            self.ann_id.append(int(d.get("id", -1)))
+            self.ann_image.append(int(d["image_id"]))
+            self.ann_cat.append(int(d["category_id"]))
+            self.ann_box.extend(d["bbox"][:4] if len(d["bbox"]) >= 4 else [np.nan] * 4)
+            self.ann_crowd.append(1 if d.get("iscrowd", 0) else 0)
+            return None
+        if "file_name" in d and "id" in d and "height" in d and "width" in d:
+            self.img_id.append(int(d["id"]))
+            self.img_h.append(int(d["height"]))
+            self.img_w.append(int(d["width"]))
+            self.img_file.append(d["file_name"])
+            return None
+        return d
+
+
+def load_box_dicts(dataset_name: str, image_root: str, json_file: str,
+                   categories: Sequence[dict]) -> List[dict]:
+    """Reads a COCO box json (e.g. Objects365) into memory-lean records (see module doc)."""
+    if not os.path.isfile(json_file):
+        raise DatasetFormatError(f"json file not found: {json_file}")
+    hook = _LeanCocoHook()
+    try:
+        with open(json_file) as f:
+            data = json.load(f, object_hook=hook)
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{json_file}: not valid json ({e})") from e
+    except (TypeError, ValueError) as e:
+        raise DatasetFormatError(f"{json_file}: malformed image or annotation entry ({e})") from e
+    images = _require(data, "images", json_file, "top level")
+    anns = _require(data, "annotations", json_file, "top level")
+    for k, img in enumerate(images):  # entries the hook did not consume lack a key
+        if img is not None:
+            for key in ("id", "file_name", "height", "width"):
+                _require(img, key, json_file, f"images[{k}]")
+    for k, ann in enumerate(anns):
+        if ann is not None:
+            where = f"annotation {ann.get('id', '#' + str(k)) if isinstance(ann, dict) else k}"
+            for key in ("image_id", "category_id", "bbox"):
+                _require(ann, key, json_file, where)
+    del data, images, anns
+
+    img_id = np.frombuffer(hook.img_id, dtype=np.int64)
+    ann_image = np.frombuffer(hook.ann_image, dtype=np.int64)
+    ann_id = np.frombuffer(hook.ann_id, dtype=np.int64)
+    order = np.argsort(img_id, kind="stable")
+    sorted_ids = img_id[order]
+    if len(sorted_ids) > 1 and (np.diff(sorted_ids) == 0).any():
+        dup = sorted_ids[1:][np.diff(sorted_ids) == 0][0]
+        raise DatasetFormatError(f"{json_file}: image id {dup} appears twice in 'images'")
+    pos = np.searchsorted(sorted_ids, ann_image)
+    pos_c = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+    unknown = (len(sorted_ids) == 0) | (sorted_ids[pos_c] != ann_image) if len(ann_image) else []
+    if np.any(unknown):
+        k = int(np.flatnonzero(unknown)[0])
+        raise DatasetFormatError(f"{json_file}: annotation {ann_id[k]} refers to image_id "
+                                 f"{ann_image[k]} which is not in 'images'")
+    ann_img_idx = order[pos_c] if len(ann_image) else np.zeros(0, np.int64)
+
+    vocab_ids = np.array(sorted(_category_map(categories)), dtype=np.int64)
+    vocab_contig = np.array([_category_map(categories)[i] for i in vocab_ids], dtype=np.int32)
+    ann_cat = np.frombuffer(hook.ann_cat, dtype=np.int64)
+    cpos = np.minimum(np.searchsorted(vocab_ids, ann_cat), len(vocab_ids) - 1)
+    bad_cat = vocab_ids[cpos] != ann_cat
+    if bad_cat.any():
+        k = int(np.flatnonzero(bad_cat)[0])
+        raise DatasetFormatError(
+            f"{json_file}: image {ann_image[k]}, annotation {ann_id[k]}: category_id "
+            f"{ann_cat[k]} is not in the registered vocabulary of '{dataset_name}'")
+    boxes = np.frombuffer(hook.ann_box, dtype=np.float32).reshape(-1, 4)
+    bad_box = ~np.isfinite(boxes).all(1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+    if bad_box.any():
+        k = int(np.flatnonzero(bad_box)[0])
+        raise DatasetFormatError(f"{json_file}: image {ann_image[k]}, annotation {ann_id[k]}: "
+                                 f"'bbox' must be 4 finite numbers [x, y, w, h] with w, h >= 0")
+    keep = np.frombuffer(hook.ann_crowd, dtype=np.int8) == 0
+    boxes = boxes[keep].copy()
+    boxes[:, 2:] += boxes[:, :2]
+    classes = vocab_contig[cpos[keep]]
+    ann_img_idx = ann_img_idx[keep]
+    by_img = np.argsort(ann_img_idx, kind="stable")
+    boxes, classes = boxes[by_img], classes[by_img]
+    counts = np.bincount(ann_img_idx, minlength=len(img_id))
+    ends = np.cumsum(counts)
+    heights = np.frombuffer(hook.img_h, dtype=np.int32)
+    widths = np.frombuffer(hook.img_w, dtype=np.int32)
+    records = []
+    for i, fn in enumerate(hook.img_file):
+        s, e = int(ends[i] - counts[i]), int(ends[i])
+        records.append({"file_name": os.path.join(image_root, fn), "image_id": int(img_id[i]),
+                        "height": int(heights[i]), "width": int(widths[i]),
+                        "boxes": boxes[s:e], "box_classes": classes[s:e],
+                        "dataset_name": dataset_name})
+    return records

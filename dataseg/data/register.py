@@ -1,0 +1,193 @@
+"""Public functions to plug a user's own dataset into DaTaSeg (and Detectron2).
+
+Each ``register_*`` call registers a lazy loader in ``DatasetCatalog`` (no file I/O happens
+until the dataset is used) and sets the complete metadata contract of docs/DESIGN.md in
+``MetadataCatalog``, so that DaTaSeg's mappers, the model and Detectron2's evaluators
+(SemSegEvaluator, COCOPanopticEvaluator, COCOEvaluator) work on it.
+
+``categories`` is a list of ``{"id": dataset category id, "name": str, "isthing": 0/1,
+"synonyms": [str] (optional)}``; contiguous ids follow the list order.
+
+Registering a name twice is an error; pass ``replace=True`` to re-register (the synthetic world
+does), or remove it first with :func:`unregister_dataset`.
+"""
+from typing import List, Optional, Sequence, Union
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .loading import load_box_dicts, load_instance_dicts, load_panoptic_dicts, load_semantic_dicts
+
+__all__ = [
+    "register_semantic_dataset",
+    "register_panoptic_dataset",
+    "register_instance_dataset",
+    "register_box_dataset",
+    "unregister_dataset",
+]
+
+AUGMENTATIONS = ("lsj", "resize_crop", "none")
+
+
+def unregister_dataset(name: str) -> None:
+    """Removes a dataset from DatasetCatalog and MetadataCatalog (no error if absent)."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+
+
+def _check_name(name: str, replace: bool) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    if name in DatasetCatalog.list() or name in MetadataCatalog.list():
+        if not replace:
+            raise ValueError(f"dataset '{name}' is already registered; pass replace=True or call "
+                             "dataseg.data.register.unregister_dataset(name) first")
+        unregister_dataset(name)
+
+
+def _check_augmentation(name: str, augmentation: str) -> None:
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"dataset '{name}': augmentation {augmentation!r} is not one of "
+                         f"{AUGMENTATIONS}")
+
+
+def _normalise_categories(name: str, categories: Sequence[dict], force_thing: bool) -> List[dict]:
+    """Validates the category list; returns copies with 'isthing' and 'synonyms' filled in."""
+    if not categories:
+        raise ValueError(f"dataset '{name}': 'categories' is empty")
+    out, seen = [], set()
+    for k, c in enumerate(categories):
+        for key in ("id", "name"):
+            if not isinstance(c, dict) or key not in c:
+                raise ValueError(f"dataset '{name}': categories[{k}] has no key '{key}'")
+        if not isinstance(c["name"], str) or not c["name"]:
+            raise ValueError(f"dataset '{name}': categories[{k}] 'name' must be a non-empty str")
+        cid = int(c["id"])
+        if cid in seen:
+            raise ValueError(f"dataset '{name}': category id {cid} appears twice")
+        seen.add(cid)
+        synonyms = [str(s) for s in c.get("synonyms", []) if s and s != c["name"]]
+        out.append({"id": cid, "name": c["name"], "synonyms": synonyms,
+                    "isthing": 1 if force_thing else int(bool(c.get("isthing", 1)))})
+    return out
+
+
+def _contract_metadata(categories: List[dict]) -> dict:
+    """Metadata keys common to all tasks, in ONE contiguous space of all K classes."""
+    names = [c["name"] for c in categories]
+    return {
+        "class_synonyms": [[c["name"]] + c["synonyms"] for c in categories],
+        "is_thing": [bool(c["isthing"]) for c in categories],
+        "ignore_label": 255,
+        "stuff_classes": names,
+        "thing_classes": [c["name"] for c in categories if c["isthing"]],
+        # things: thing ids only; stuff: ALL ids (Mask2Former's convention for COCO panoptic).
+        "thing_dataset_id_to_contiguous_id": {
+            c["id"]: i for i, c in enumerate(categories) if c["isthing"]},
+        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
+    }
+
+
+def _set_metadata(name: str, **kwargs) -> None:
+    MetadataCatalog.get(name).set(**kwargs)
+
+
+def register_semantic_dataset(name: str, image_root: str, sem_seg_root: str,
+                              class_names: Sequence[Union[str, Sequence[str]]], *,
+                              image_ext: str = ".jpg", label_ext: str = ".png",
+                              ignore_label: int = 255, is_thing: Optional[Sequence[bool]] = None,
+                              evaluator_type: Optional[str] = "sem_seg",
+                              augmentation: str = "resize_crop", replace: bool = False,
+                              **extra_metadata) -> None:
+    """Registers an ADE-style semantic dataset.
+
+    Images are ``<image_root>/<stem><image_ext>``, labels ``<sem_seg_root>/<stem><label_ext>``
+    whose pixel value i is contiguous class i (``ignore_label`` pixels are ignored).
+    ``class_names``: one name or one list of synonyms (first = display name) per class.
+    ``is_thing`` defaults to all False.
+    """
+    _check_name(name, replace)
+    _check_augmentation(name, augmentation)
+    if not class_names:
+        raise ValueError(f"dataset '{name}': 'class_names' is empty")
+    if not 0 <= int(ignore_label) <= 255 or int(ignore_label) < len(class_names):
+        raise ValueError(f"dataset '{name}': ignore_label {ignore_label} must be in "
+                         f"[{len(class_names)}, 255] (8-bit label PNGs; values < K are classes)")
+    synonyms = []
+    for k, c in enumerate(class_names):
+        names = [c] if isinstance(c, str) else list(c)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"dataset '{name}': class_names[{k}] must be a non-empty str or list "
+                             f"of non-empty str, got {c!r}")
+        synonyms.append(names)
+    if is_thing is None:
+        is_thing = [False] * len(synonyms)
+    if len(is_thing) != len(synonyms):
+        raise ValueError(f"dataset '{name}': is_thing has {len(is_thing)} entries, class_names "
+                         f"has {len(synonyms)}")
+    categories = [{"id": i, "name": s[0], "synonyms": s[1:], "isthing": int(bool(t))}
+                  for i, (s, t) in enumerate(zip(synonyms, is_thing))]
+    image_root, sem_seg_root = str(image_root), str(sem_seg_root)
+    DatasetCatalog.register(name, lambda: load_semantic_dicts(
+        name, image_root, sem_seg_root, image_ext=image_ext, label_ext=label_ext))
+    meta = _contract_metadata(categories)
+    meta["ignore_label"] = int(ignore_label)
+    _set_metadata(name, task="semantic", evaluator_type=evaluator_type, augmentation=augmentation,
+                  image_root=image_root, sem_seg_root=sem_seg_root, **meta, **extra_metadata)
+
+
+def register_panoptic_dataset(name: str, image_root: str, panoptic_root: str, panoptic_json: str,
+                              categories: Sequence[dict], *, sem_seg_root: Optional[str] = None,
+                              evaluator_type: Optional[str] = "coco_panoptic_seg",
+                              augmentation: str = "lsj", replace: bool = False,
+                              **extra_metadata) -> None:
+    """Registers a COCO-panoptic-format dataset (PNG segment ids + json segments_info).
+
+    ``sem_seg_root`` (optional): semantic PNGs named like the panoptic PNGs, added to each
+    record as ``"sem_seg_file_name"`` (for SemSegEvaluator).
+    """
+    _check_name(name, replace)
+    _check_augmentation(name, augmentation)
+    cats = _normalise_categories(name, categories, force_thing=False)
+    image_root, panoptic_root = str(image_root), str(panoptic_root)
+    panoptic_json = str(panoptic_json)
+    sem_seg_root = None if sem_seg_root is None else str(sem_seg_root)
+    DatasetCatalog.register(name, lambda: load_panoptic_dicts(
+        name, image_root, panoptic_root, panoptic_json, cats, sem_seg_root=sem_seg_root))
+    extra = {"sem_seg_root": sem_seg_root} if sem_seg_root is not None else {}
+    _set_metadata(name, task="panoptic", evaluator_type=evaluator_type, augmentation=augmentation,
+                  image_root=image_root, panoptic_root=panoptic_root, panoptic_json=panoptic_json,
+                  **extra, **_contract_metadata(cats), **extra_metadata)
+
+
+def register_instance_dataset(name: str, image_root: str, json_file: str,
+                              categories: Sequence[dict], *, evaluator_type: Optional[str] = "coco",
+                              augmentation: str = "lsj", replace: bool = False,
+                              **extra_metadata) -> None:
+    """Registers a COCO instance json (polygon or RLE masks); every class is a thing."""
+    _check_name(name, replace)
+    _check_augmentation(name, augmentation)
+    cats = _normalise_categories(name, categories, force_thing=True)
+    image_root, json_file = str(image_root), str(json_file)
+    DatasetCatalog.register(name, lambda: load_instance_dicts(name, image_root, json_file, cats))
+    _set_metadata(name, task="instance", evaluator_type=evaluator_type, augmentation=augmentation,
+                  image_root=image_root, json_file=json_file, **_contract_metadata(cats),
+                  **extra_metadata)
+
+
+def register_box_dataset(name: str, image_root: str, json_file: str, categories: Sequence[dict],
+                         *, evaluator_type: Optional[str] = None, augmentation: str = "lsj",
+                         replace: bool = False, **extra_metadata) -> None:
+    """Registers a COCO json used as boxes only (e.g. Objects365); every class is a thing.
+
+    Records are memory-lean (``boxes`` / ``box_classes`` arrays, see dataseg.data.loading).
+    """
+    _check_name(name, replace)
+    _check_augmentation(name, augmentation)
+    cats = _normalise_categories(name, categories, force_thing=True)
+    image_root, json_file = str(image_root), str(json_file)
+    DatasetCatalog.register(name, lambda: load_box_dicts(name, image_root, json_file, cats))
+    _set_metadata(name, task="box", evaluator_type=evaluator_type, augmentation=augmentation,
+                  image_root=image_root, json_file=json_file, **_contract_metadata(cats),
+                  **extra_metadata)
