@@ -6,6 +6,8 @@ of them. Importing this module works; calling any op raises ``Detectron2OpUnavai
 """
 
 DATASEG_STUB = True
+# Bumped when this file changes, so scripts/install.sh reinstalls an older copy.
+STUB_VERSION = 2
 
 UNAVAILABLE_OPS = (
     "deformable convolution (detectron2.layers.DeformConv, ModulatedDeformConv)",
@@ -16,6 +18,19 @@ UNAVAILABLE_OPS = (
 
 class Detectron2OpUnavailableError(RuntimeError):
     """A compiled detectron2 op was called but this install has no compiled ops."""
+
+
+def get_compiler_version():
+    """Informational (detectron2.utils.collect_env calls it): there is no compiled extension."""
+    return "none (detectron2 installed without compiled ops by DaTaSeg)"
+
+
+def get_cuda_version():
+    return "none (detectron2 installed without compiled ops by DaTaSeg)"
+
+
+def has_cuda():
+    return False
 
 
 def __getattr__(name):

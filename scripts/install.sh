@@ -43,7 +43,13 @@ pip_install -c "$CONSTRAINTS" -r "$ROOT/requirements/base.txt"
 pip_install --no-deps -r "$ROOT/requirements/nodeps.txt"
 
 say "detectron2"
-if "$PY" -c "import detectron2, sys; sys.exit(0 if detectron2.__version__.startswith('0.6') else 1)" 2>/dev/null; then
+# Up to date: detectron2 0.6 with real compiled ops, or with the current version of our stand-in.
+STUB_VERSION="$(sed -n 's/^STUB_VERSION = //p' "$ROOT/scripts/detectron2_C_stub.py")"
+if (cd / && "$PY" -c "
+import sys, detectron2
+from detectron2 import _C
+ok = detectron2.__version__.startswith('0.6') and getattr(_C, 'STUB_VERSION', $STUB_VERSION) == $STUB_VERSION
+sys.exit(0 if ok else 1)" 2>/dev/null); then
     echo "detectron2 $("$PY" -c 'import detectron2; print(detectron2.__version__)') already installed"
 elif [ "${DATASEG_D2_FROM_GIT:-auto}" != "0" ] && timeout 20 git ls-remote https://github.com/facebookresearch/detectron2 >/dev/null 2>&1; then
     echo "github.com reachable: detectron2 from its repository at $D2_COMMIT (with compiled ops)"

@@ -1,0 +1,111 @@
+"""The installable foundation: imports, config keys, the detectron2 install's documented limits."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_import_and_config():
+    from detectron2.config import get_cfg
+
+    import dataseg
+    from dataseg.config import add_dataseg_config
+
+    cfg = get_cfg()
+    add_dataseg_config(cfg)
+    assert cfg.MODEL.DATASEG.NUM_OBJECT_QUERIES == 100
+    assert cfg.MODEL.DATASEG.DEC_LAYERS == 9
+    assert cfg.SOLVER.BACKBONE_MULTIPLIER == 0.1
+    assert cfg.MODEL.TEXT_ENCODER.NAME == "minilm"
+    cfg.merge_from_list(["MODEL.DATASEG.NUM_OBJECT_QUERIES", "50"])
+    assert cfg.MODEL.DATASEG.NUM_OBJECT_QUERIES == 50
+    with pytest.raises(KeyError):
+        cfg.merge_from_list(["MODEL.DATASEG.NOT_A_KEY", "1"])
+    assert dataseg.__version__
+
+
+def test_every_config_key_has_a_comment():
+    """add_dataseg_config documents each key with a comment line above it (or above its group)."""
+    lines = (REPO / "dataseg" / "config.py").read_text().splitlines()
+    body = [ln.strip() for ln in lines if ln.strip()]
+    for i, line in enumerate(body):
+        if line.startswith("cfg.") and "= CN()" not in line:
+            j = i - 1
+            while j >= 0 and body[j].startswith("cfg.") and "= CN()" not in body[j]:
+                j -= 1  # a key may share the comment of the group of keys right above it
+            assert body[j].startswith("#") or "= CN()" in body[j], f"uncommented key: {line}"
+
+
+def test_config_keys_registered_by_dataseg_meta_arch():
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    import dataseg  # noqa: F401
+
+    assert "DaTaSeg" in META_ARCH_REGISTRY
+
+
+def test_unavailable_detectron2_op_raises_documented_error():
+    from detectron2 import _C
+
+    if not getattr(_C, "DATASEG_STUB", False):
+        pytest.skip("detectron2 has its compiled ops here (upstream install): nothing unavailable")
+    from detectron2.layers import DeformConv, nms_rotated
+
+    conv = DeformConv(4, 4, kernel_size=3, padding=1)
+    x, offset = torch.zeros(1, 4, 8, 8), torch.zeros(1, 18, 8, 8)
+    with pytest.raises(RuntimeError, match=r"compiled op '_C.deform_conv_forward' is unavailable"):
+        conv(x, offset)
+    with pytest.raises(_C.Detectron2OpUnavailableError, match="rotated boxes"):
+        nms_rotated(torch.zeros(2, 5), torch.ones(2), 0.5)
+
+
+def test_coco_fast_eval_is_off_without_compiled_ops():
+    from detectron2 import _C
+
+    from dataseg.engine.evaluation import detectron2_has_compiled_ops
+
+    assert detectron2_has_compiled_ops() == (not getattr(_C, "DATASEG_STUB", False))
+
+
+def test_collect_env_reports_the_install():
+    out = subprocess.run([sys.executable, "-m", "dataseg.collect_env"], capture_output=True,
+                         text=True, check=True, cwd="/").stdout
+    for needle in ("torch", "torchvision", "CUDA available", "detectron2", "deformable attention",
+                   "minilm"):
+        assert needle in out, out
+    from detectron2 import _C
+
+    if getattr(_C, "DATASEG_STUB", False):
+        assert "no compiled ops" in out
+
+
+def test_import_writes_nothing_and_opens_no_socket(tmp_path):
+    """`import dataseg` registers things and nothing else: no files, no network."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    script = textwrap.dedent("""
+        import socket
+        def refuse(*a, **k):
+            raise AssertionError("network access at import")
+        socket.socket.connect = refuse
+        socket.create_connection = refuse
+        import dataseg
+        from detectron2.data import DatasetCatalog
+        from detectron2.modeling import META_ARCH_REGISTRY
+        assert "DaTaSeg" in META_ARCH_REGISTRY
+        print(len(DatasetCatalog.list()))
+    """)
+    env = dict(os.environ, HOME=str(home), DETECTRON2_DATASETS=str(tmp_path / "data"),
+               DATASEG_CACHE=str(tmp_path / "cache"), XDG_CACHE_HOME=str(tmp_path / "xdg"),
+               MPLCONFIGDIR=str(tmp_path / "mpl"))
+    subprocess.run([sys.executable, "-c", script], cwd=work, env=env, check=True,
+                   capture_output=True, text=True)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written == [], f"import dataseg wrote files: {written}"
