@@ -1,0 +1,192 @@
+"""Masked-attention transformer decoder (Mask2Former) over N learnable segment queries.
+
+Layers visit the multi-scale features round-robin (coarsest first); each layer's cross-attention
+only sees pixels where the previous prediction's mask is >= 0.5 at that scale. A prediction
+(class embedding + mask logits) is made from the learnable queries and after every layer, for
+deep supervision. Class embeddings go to the text classifier outside this module, so the
+decoder is vocabulary-free.
+"""
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from torch import nn
+
+from .position_encoding import PositionEmbeddingSine
+
+
+class MLP(nn.Module):
+    """Stack of linear layers with ReLU between them (not after the last)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class AttentionLayer(nn.Module):
+    """Multi-head attention + residual + LayerNorm (post-norm, or pre-norm if asked)."""
+
+    def __init__(self, d_model: int, nhead: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+        for p in self.attn.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, tgt, query_pos, memory, memory_pos, attn_mask=None):
+        q = self.norm(tgt) if self.pre_norm else tgt
+        if memory is None:  # self-attention
+            memory, memory_pos = q, query_pos
+        out = self.attn(q + query_pos, memory + memory_pos, memory, attn_mask=attn_mask,
+                        need_weights=False)[0]
+        tgt = tgt + self.dropout(out)
+        return tgt if self.pre_norm else self.norm(tgt)
+
+
+class FFNLayer(nn.Module):
+    """Feed-forward block + residual + LayerNorm."""
+
+    def __init__(self, d_model: int, dim_feedforward: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, tgt):
+        x = self.norm(tgt) if self.pre_norm else tgt
+        tgt = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        return tgt if self.pre_norm else self.norm(tgt)
+
+
+class MaskedAttentionDecoder(nn.Module):
+    """(multi-scale features, mask features) -> per-query class embeddings and mask logits."""
+
+    @configurable
+    def __init__(self, *, in_channels: int, text_dim: int, num_queries: int = 100,
+                 hidden_dim: int = 256, nheads: int = 8, dim_feedforward: int = 2048,
+                 dec_layers: int = 9, mask_dim: int = 256, num_feature_levels: int = 3,
+                 dropout: float = 0.0, pre_norm: bool = False):
+        super().__init__()
+        self.num_queries = num_queries
+        self.nheads = nheads
+        self.num_layers = dec_layers
+        self.num_feature_levels = num_feature_levels
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        self.level_embed = nn.Embedding(num_feature_levels, hidden_dim)
+        self.input_proj = nn.ModuleList()
+        for _ in range(num_feature_levels):
+            if in_channels != hidden_dim:
+                conv = nn.Conv2d(in_channels, hidden_dim, 1)
+                nn.init.kaiming_uniform_(conv.weight, a=1)
+                nn.init.zeros_(conv.bias)
+                self.input_proj.append(conv)
+            else:
+                self.input_proj.append(nn.Identity())
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.cross_layers = nn.ModuleList(
+            AttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(dec_layers))
+        self.self_layers = nn.ModuleList(
+            AttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(dec_layers))
+        self.ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward, dropout, pre_norm) for _ in range(dec_layers))
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        # class embedding head: linear + ReLU, then a linear projection into the text space
+        # (a ReLU output alone is non-negative and could not align with most text directions)
+        self.class_embed = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+                                         nn.Linear(hidden_dim, text_dim))
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    @classmethod
+    def from_config(cls, cfg, in_channels: int, text_dim: int):
+        d = cfg.MODEL.DATASEG
+        return {"in_channels": in_channels, "text_dim": text_dim,
+                "num_queries": d.NUM_OBJECT_QUERIES, "hidden_dim": d.HIDDEN_DIM,
+                "nheads": d.NHEADS, "dim_feedforward": d.DIM_FEEDFORWARD,
+                "dec_layers": d.DEC_LAYERS, "mask_dim": d.MASK_DIM,
+                "num_feature_levels": len(d.PIXEL_DECODER.DEFORM_IN_FEATURES),
+                "dropout": d.DROPOUT, "pre_norm": d.PRE_NORM}
+
+    def _attn_mask(self, mask_logits_small: torch.Tensor) -> torch.Tensor:
+        """(B, N, h, w) logits at the target scale -> (B*heads, N, h*w) bool, True = blocked.
+        Rows that would block everything are opened entirely."""
+        blocked = (mask_logits_small.flatten(2) < 0).detach()  # sigmoid < 0.5
+        blocked = blocked & ~blocked.all(-1, keepdim=True)
+        return blocked.repeat_interleave(self.nheads, dim=0)
+
+    def forward(self, multi_scale_features: List[torch.Tensor], mask_features: torch.Tensor,
+                return_aux: bool = True) -> Dict:
+        """Returns "class_embeds" (B,N,D), "pred_masks" (B,N,H,W) of the last layer and, when
+        ``return_aux``, "aux_outputs": the same for the query prediction and each earlier layer.
+
+        Without ``return_aux`` the attention masks are computed on mask features resized to
+        each scale (bilinear resizing is linear, so this equals resizing the full-resolution
+        mask logits) and full-resolution masks only for the last layer: much cheaper.
+        """
+        if len(multi_scale_features) != self.num_feature_levels:
+            raise ValueError(f"decoder expects {self.num_feature_levels} feature levels, got "
+                             f"{len(multi_scale_features)}")
+        srcs, poses, sizes = [], [], []
+        for i, x in enumerate(multi_scale_features):
+            sizes.append(x.shape[-2:])
+            poses.append(self.pe_layer(x).flatten(2).transpose(1, 2))
+            srcs.append(self.input_proj[i](x).flatten(2).transpose(1, 2)
+                        + self.level_embed.weight[i])
+        b = mask_features.shape[0]
+        small_features = None
+        if not return_aux:
+            small_features = [F.interpolate(mask_features, size=s, mode="bilinear",
+                                            align_corners=False) for s in sizes]
+        query_pos = self.query_embed.weight[None].expand(b, -1, -1)
+        output = self.query_feat.weight[None].expand(b, -1, -1)
+
+        aux = []
+
+        def predict(out, level_next, final):
+            dec = self.decoder_norm(out)
+            mask_emb = self.mask_embed(dec)
+            full = None
+            if return_aux or final:
+                full = torch.einsum("bqc,bchw->bqhw", mask_emb, mask_features)
+            if final:
+                return dec, full, None
+            if small_features is not None:
+                small = torch.einsum("bqc,bchw->bqhw", mask_emb, small_features[level_next])
+            else:
+                small = F.interpolate(full, size=sizes[level_next], mode="bilinear",
+                                      align_corners=False)
+            return dec, full, self._attn_mask(small)
+
+        dec, full, attn_mask = predict(output, 0, self.num_layers == 0)
+        if return_aux and self.num_layers > 0:
+            aux.append({"class_embeds": self.class_embed(dec), "pred_masks": full})
+        for i in range(self.num_layers):
+            lvl = i % self.num_feature_levels
+            output = self.cross_layers[i](output, query_pos, srcs[lvl], poses[lvl], attn_mask)
+            output = self.self_layers[i](output, query_pos, None, None)
+            output = self.ffn_layers[i](output)
+            final = i == self.num_layers - 1
+            dec, full, attn_mask = predict(output, (i + 1) % self.num_feature_levels, final)
+            if return_aux and not final:
+                aux.append({"class_embeds": self.class_embed(dec), "pred_masks": full})
+        result = {"class_embeds": self.class_embed(dec), "pred_masks": full}
+        if return_aux:
+            result["aux_outputs"] = aux
+        return result
