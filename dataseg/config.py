@@ -54,6 +54,8 @@ def add_dataseg_config(cfg):
     cfg.MODEL.DATASEG.CLASSIFIER.TEMPERATURE = 0.07
     # L2-normalise the query's class embedding before the dot product (text side always is).
     cfg.MODEL.DATASEG.CLASSIFIER.NORMALIZE_CLASS_EMBED = True
+    # Text-embedding dimension D (0 = ask the text encoder, dataseg.text.embedding_dim).
+    cfg.MODEL.DATASEG.CLASSIFIER.TEXT_DIM = 0
 
     # MERGE (eq. 1, 2): epsilon in the class-logit average and the logit of empty merged masks.
     cfg.MODEL.DATASEG.MERGE_EPS = 1e-6
