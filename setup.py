@@ -30,11 +30,27 @@ def _nvcc_major(cuda_home):
     return int(m.group(1)) if m else None
 
 
+def _fix_cuda_home():
+    """torch guesses CUDA_HOME as the parent of ``which nvcc``; a wrapper such as
+    /usr/local/bin/nvcc makes that /usr/local, which has no CUDA headers or libcudart. Then use
+    /usr/local/cuda instead (must run before torch.utils.cpp_extension is imported)."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    import shutil
+    nvcc = shutil.which("nvcc")
+    guess = os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None
+    if guess and os.path.exists(os.path.join(guess, "include", "cuda_runtime.h")):
+        return
+    if os.path.exists("/usr/local/cuda/include/cuda_runtime.h"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
 def cuda_build():
     """Returns (ext_modules, cmdclass) for the kernel, or ([], {}) when it is not built."""
     mode = os.environ.get("DATASEG_BUILD_CUDA", "auto")
     if mode == "0":
         return [], {}
+    _fix_cuda_home()
     sources = sorted(glob.glob(str(CSRC / "*.cpp")) + glob.glob(str(CSRC / "*.cu")))
     if not sources:
         return [], {}
