@@ -1,0 +1,87 @@
+"""Train and test data loaders.
+
+``build_multi_dataset_train_loader(cfg)``: one Detectron2 ``MapDataset`` per dataset in
+``cfg.DATASETS.TRAIN`` (its own mapper from the metadata task), concatenated, batched by
+:class:`MultiDatasetBatchSampler` so every batch is a list of mapped dicts from ONE dataset.
+"""
+import logging
+from typing import List
+
+import torch
+from detectron2.data import DatasetCatalog, DatasetFromList, MapDataset
+from detectron2.data import build_detection_test_loader as _d2_test_loader
+from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
+from detectron2.utils import comm
+
+from .loading import set_skip_bad_records
+from .mappers import build_test_mapper, build_train_mapper
+from .sampler import MultiDatasetBatchSampler
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_multi_dataset_train_loader", "build_test_loader", "get_train_dataset_dicts"]
+
+
+def _has_targets(record: dict) -> bool:
+    if "boxes" in record:
+        return len(record["boxes"]) > 0
+    if "annotations" in record:
+        return any(not a.get("iscrowd", 0) for a in record["annotations"])
+    return True  # semantic / panoptic records: targets are in the label files
+
+
+def get_train_dataset_dicts(cfg, dataset_name: str) -> List[dict]:
+    """Records of one training dataset, tagged with "dataset_name"; empty ones dropped when
+    cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS (instance/box data, as Detectron2 does)."""
+    dicts = DatasetCatalog.get(dataset_name)
+    for d in dicts:
+        d["dataset_name"] = dataset_name
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        before = len(dicts)
+        dicts = [d for d in dicts if _has_targets(d)]
+        if len(dicts) < before:
+            logger.info("dataset '%s': removed %d images without usable annotations, %d left",
+                        dataset_name, before - len(dicts), len(dicts))
+    if not dicts:
+        raise ValueError(f"training dataset '{dataset_name}' has no usable records")
+    return dicts
+
+
+def _per_dataset(values, n: int, key: str, default):
+    values = list(values)
+    if not values:
+        return [default] * n
+    if len(values) != n:
+        raise ValueError(f"cfg.DATASETS.{key} has {len(values)} entries but DATASETS.TRAIN has "
+                         f"{n}")
+    return values
+
+
+def build_multi_dataset_train_loader(cfg) -> torch.utils.data.DataLoader:
+    """An infinite loader of batches (lists of mapped dicts), each from one training dataset."""
+    set_skip_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS)
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise ValueError("cfg.DATASETS.TRAIN is empty")
+    datasets = []
+    for name in names:
+        dicts = get_train_dataset_dicts(cfg, name)
+        datasets.append(MapDataset(DatasetFromList(dicts, copy=False),
+                                   build_train_mapper(cfg, name)))
+    ratios = _per_dataset(cfg.DATASETS.TRAIN_RATIOS, len(names), "TRAIN_RATIOS", 1.0)
+    batch_sizes = [int(b) or cfg.SOLVER.IMS_PER_BATCH for b in _per_dataset(
+        cfg.DATASETS.TRAIN_BATCH_SIZES, len(names), "TRAIN_BATCH_SIZES", 0)]
+    seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    sampler = MultiDatasetBatchSampler([len(d) for d in datasets], ratios, batch_sizes,
+                                       seed=seed, rank=comm.get_rank(),
+                                       world_size=comm.get_world_size())
+    return torch.utils.data.DataLoader(
+        torch.utils.data.ConcatDataset(datasets), batch_sampler=sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=trivial_batch_collator,
+        worker_init_fn=worker_init_reset_seed)
+
+
+def build_test_loader(cfg, dataset_name: str):
+    """Detectron2's test loader (batch 1, inference sampler) with DaTaSeg's test mapper."""
+    set_skip_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS)
+    return _d2_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg, dataset_name))
