@@ -255,3 +255,30 @@ def test_nothing_written_at_import_or_registration(tmp_path):
                          capture_output=True, text=True, timeout=120).stdout
     assert out.strip().startswith(str(tmp_path / "d2" / "dataseg_synthetic"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_params_from_detectron2_cfg(tmp_path):
+    from detectron2.config import get_cfg
+
+    from dataseg.config import add_dataseg_config
+
+    cfg = add_dataseg_config(get_cfg())
+    assert SyntheticWorldParams.coerce(cfg) == SyntheticWorldParams()
+    cfg.DATASETS.SYNTHETIC.ROOT = str(tmp_path)
+    cfg.DATASETS.SYNTHETIC.SEED = 5
+    cfg.DATASETS.SYNTHETIC.NUM_VAL = 7
+    params = SyntheticWorldParams.coerce(cfg)
+    assert (params.seed, params.num_val, params.resolved_root()) == (5, 7, tmp_path)
+    assert params.world_dir().parent == tmp_path
+
+
+def test_cli_generates_and_prints_summary(tmp_path, capsys):
+    from dataseg.data.synthetic.__main__ import main
+
+    argv = ["--root", str(tmp_path), "--seed", "1", "--image-size", "32",
+            "--num-semantic-train", "2", "--num-panoptic-train", "2", "--num-box-train", "2",
+            "--num-val", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "generated" in out and all(name in out for name in DATASETS)
+    assert main(argv) == 0 and "(cached)" in capsys.readouterr().out
