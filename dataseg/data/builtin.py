@@ -152,10 +152,10 @@ def _pascal(root: Path):
         is_thing=[bool(c["isthing"]) for c in voc_cats], augmentation="resize_crop")
 
 
-def _unavailable(name: str, reason: str, **metadata):
-    """Registers a name whose loading raises ``reason`` (the vocabulary is not known yet)."""
+def _unavailable(name: str, reason: str, error=FileNotFoundError, **metadata):
+    """Registers a name whose loading raises ``reason`` (its vocabulary cannot be had yet)."""
     def fail():
-        raise FileNotFoundError(f"dataset '{name}': {reason}")
+        raise error(f"dataset '{name}': {reason}")
 
     DatasetCatalog.register(name, fail)
     MetadataCatalog.get(name).set(task="semantic", unavailable_reason=reason, **metadata)
@@ -179,7 +179,8 @@ def _pascal_context_459(root: Path):
             read_names_file(names_file), ignore_label=PASCAL_CONTEXT_459_IGNORE,
             augmentation="resize_crop")
     except ValueError as e:  # e.g. 16-bit labels not supported by the semantic loader
-        _unavailable(name, f"cannot register 459 classes: {e}", evaluator_type="sem_seg", **paths)
+        _unavailable(name, f"cannot register 459 classes: {e}", error=RuntimeError,
+                     evaluator_type="sem_seg", **paths)
 
 
 BUILTIN_DATASETS = (
