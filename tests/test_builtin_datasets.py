@@ -130,7 +130,7 @@ def test_missing_dataset_error_names_the_path(probe):
         assert err is not None, f"{name} loaded from an empty root"
         assert str(root) in err, (name, err)
     assert "panoptic_val2017.json" in out["errors"]["dataseg_coco_2017_val_panoptic"]
-    assert "images/validation" in out["errors"]["dataseg_ade20k_sem_seg_val"]
+    assert "annotations_detectron2/validation" in out["errors"]["dataseg_ade20k_sem_seg_val"]
 
 
 def test_pascal_context_459_without_names_file(tmp_path):
