@@ -136,3 +136,57 @@ def test_script_runs_as_a_command(tmp_path):
     res = subprocess.run([sys.executable, str(DATASETS_DIR / "prepare_ade20k_sem_seg.py"),
                           "--root", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert res.returncode != 0 and "ADEChallengeData2016" in res.stderr
+
+
+def test_objects365_instance_benchmark_ignores_skipped(tmp_path):
+    import prepare_objects365
+
+    o365 = tmp_path / "objects365"
+    for split in ("train", "val"):
+        (o365 / "images" / split).mkdir(parents=True)
+    cats = [{"id": c["id"], "name": c["name"]} for c in load_vocabulary("objects365_v2")]
+    (o365 / "annotations").mkdir()
+    for split in ("train", "val"):
+        (o365 / "annotations" / f"zhiyuan_objv2_{split}.json").write_text(
+            json.dumps({"images": [], "annotations": [], "categories": cats}))
+    poly = [[1, 1, 5, 1, 5, 5]]
+    anns = [{"id": 1, "bbox": [1, 1, 4, 4], "segmentation": poly, "category_id": 3},
+            {"id": 2, "bbox": [2, 2, 3, 3], "segmentation": [], "category_id": 3},
+            {"id": 3, "bbox": [0, 0, 2, 2], "segmentation": poly, "ignore": 1, "category_id": 3},
+            {"id": 4, "bbox": [0, 0, 2, 2], "segmentation": poly, "iscrowd": 1, "category_id": 3}]
+    (o365 / "annotations" / "o365_instance_seg_val.json").write_text(
+        json.dumps({"images": [], "annotations": anns, "categories": cats}))
+    prepare_objects365.main(["--root", str(tmp_path)])
+    out = json.loads((o365 / "annotations" / "o365_instance_seg_val_d2.json").read_text())
+    assert [a["iscrowd"] for a in out["annotations"]] == [0, 1, 1, 1]
+    assert out["annotations"][1]["segmentation"] == [[2, 2, 5, 2, 5, 5, 2, 5]]
+    assert out["annotations"][0]["segmentation"] == poly
+    assert all("ignore" not in a for a in out["annotations"])
+
+
+def test_pascal_context_59_and_459(tmp_path):
+    import prepare_pascal_context
+    from scipy.io import savemat
+
+    ctx59 = [c["name"] for c in load_vocabulary("pascal_context_59")]
+    names = [f"thing{i}" for i in range(459 - 59)] + ctx59[::-1]  # 59 names at the end
+    ctx = tmp_path / "pascal_context"
+    (ctx / "trainval").mkdir(parents=True)
+    (ctx / "labels.txt").write_text("".join(f"{i}: {n}\n" for i, n in enumerate(names, 1)))
+    voc = tmp_path / "VOCdevkit" / "VOC2010"
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("2008_000001\n")
+    _png(np.zeros((3, 4, 3), np.uint8), voc / "JPEGImages" / "2008_000001.jpg")
+    lab = np.array([[0, 1, 459, 400], [401, 458, 2, 0], [5, 5, 5, 5]], np.uint16)
+    savemat(ctx / "trainval" / "2008_000001.mat", {"LabelMap": lab})
+    prepare_pascal_context.main(["--root", str(tmp_path)])
+    out = tmp_path / "pascal_ctx_d2"
+    assert (out / "labels_459.txt").read_text().splitlines() == names
+    l459 = np.asarray(Image.open(out / "annotations_ctx459" / "validation" / "2008_000001.png"))
+    assert np.array_equal(l459, np.where(lab == 0, 65535, lab.astype(int) - 1))
+    l59 = np.asarray(Image.open(out / "annotations_ctx59" / "validation" / "2008_000001.png"))
+    expected = np.full(lab.shape, 255)
+    for k, n in enumerate(ctx59):
+        expected[lab == names.index(n) + 1] = k
+    assert np.array_equal(l59, expected)
+    assert l59[0, 2] == 0 and l59[0, 3] == 255  # 459 = ctx59[0] ("aeroplane"); 400 = thing399
