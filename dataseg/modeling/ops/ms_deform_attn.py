@@ -48,7 +48,7 @@ def _load_kernel():
     if _KERNEL is None:
         try:
             from dataseg import _C
-        except ImportError as e:
+        except (ImportError, OSError) as e:  # absent, or built against another torch/CUDA
             _KERNEL = (None, f"{type(e).__name__}: {e}")
         else:
             if hasattr(_C, "ms_deform_attn_forward"):
