@@ -34,8 +34,10 @@ def _vocabularies(args):
             raise SystemExit(f"error: --names-file {path} does not exist")
         yield str(path), _parse_names(path.read_text().splitlines(), str(path))
     for name in args.dataset or []:
-        import dataseg  # noqa: F401  (registers the builtin datasets)
+        from dataseg.data.builtin import register_all_builtin
         from dataseg.data.dataset_info import get_dataset_info
+
+        register_all_builtin()  # idempotent; records paths only
 
         try:
             info = get_dataset_info(name)
