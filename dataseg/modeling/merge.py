@@ -48,7 +48,8 @@ def merge_predictions(pred_logits: torch.Tensor, pred_masks: torch.Tensor,
         merge_classes: (M,) int64 class ids in [0, K) to merge.
     Returns dict with
         "pred_logits" (B, M+N, K+1), "pred_masks" (B, M+N, H, W),
-        "valid" (B, M+N) bool, "num_merged" (int M), "merged_classes" (M,).
+        "valid" (B, M+N) bool, "num_merged" (int M), "merged_classes" (M,),
+        "counts" (B, M): how many proposals each merged entry combines (0 = empty entry).
     """
     b, n, k1 = pred_logits.shape
     h, w = pred_masks.shape[-2:]
@@ -56,7 +57,8 @@ def merge_predictions(pred_logits: torch.Tensor, pred_masks: torch.Tensor,
     all_valid = torch.ones(b, n, dtype=torch.bool, device=pred_logits.device)
     if m == 0:
         return {"pred_logits": pred_logits, "pred_masks": pred_masks, "valid": all_valid,
-                "num_merged": 0, "merged_classes": merge_classes}
+                "num_merged": 0, "merged_classes": merge_classes,
+                "counts": pred_logits.new_zeros(b, 0)}
     if int(merge_classes.max()) >= k1 - 1 or int(merge_classes.min()) < 0:
         raise ValueError(f"MERGE: merge_classes must lie in [0, {k1 - 1}), got "
                          f"{merge_classes.tolist()}")
@@ -84,6 +86,7 @@ def merge_predictions(pred_logits: torch.Tensor, pred_masks: torch.Tensor,
                             ~absorbed], dim=1),
         "num_merged": m,
         "merged_classes": merge_classes,
+        "counts": counts,
     }
 
 

@@ -213,7 +213,10 @@ class DaTaSeg(nn.Module):
         results = []
         padded = tuple(images.tensor.shape[-2:])
         for i, x in enumerate(batched_inputs):
-            valid = outputs["valid"][i]
+            valid = outputs["valid"][i].clone()
+            # empty merged entries (mask -100, logits 0) add nothing to any task's output
+            m = outputs["num_merged"]
+            valid[:m] &= outputs["counts"][i] > 0
             cls = outputs["pred_logits"][i][valid]
             image_size = images.image_sizes[i]
             out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
