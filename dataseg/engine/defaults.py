@@ -2,6 +2,7 @@
 import difflib
 import logging
 
+import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser as d2_argument_parser
@@ -43,6 +44,11 @@ def build_cfg(config_file=None, opts=()):
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError, ValueError) as e:
         raise ConfigError(f"command-line override {list(opts)}: {e}") from e
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        # One config for laptops and clusters: fall back to the CPU rather than crash.
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU",
+                       cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
     return cfg
 
 
@@ -74,9 +80,11 @@ def setup_cfg(args):
     """Builds, checks and freezes the config of a train_net.py run; Detectron2's default_setup."""
     cfg = build_cfg(args.config_file, args.opts)
     if _uses_synthetic(cfg):
-        from dataseg.data.synthetic import register_synthetic_world
+        from dataseg.data.synthetic import ensure_generated, register_synthetic_world
 
         register_synthetic_world(cfg)
+        # Generate now (once, cached): evaluators read the json files before any loader runs.
+        ensure_generated(cfg)
     check_datasets(cfg)
     cfg.freeze()
     default_setup(cfg, args)
