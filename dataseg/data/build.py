@@ -5,8 +5,10 @@
 :class:`MultiDatasetBatchSampler` so every batch is a list of mapped dicts from ONE dataset.
 """
 import logging
+from collections.abc import Sequence
 from typing import List
 
+import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, DatasetFromList, MapDataset
 from detectron2.data import build_detection_test_loader as _d2_test_loader
@@ -20,6 +22,47 @@ from .sampler import MultiDatasetBatchSampler
 logger = logging.getLogger(__name__)
 
 __all__ = ["build_multi_dataset_train_loader", "build_test_loader", "get_train_dataset_dicts"]
+
+
+class _FallbackPool(Sequence):
+    """Records MapDataset may fall back to when a mapper returns None (a skipped bad record).
+
+    Detectron2 0.6 keeps them in a ``set`` and calls ``random.sample`` on it, which Python
+    3.11 rejects (TypeError), and a set of 1.7M ints costs ~100 MB; this is a 1-byte-per-record
+    sequence with the same ``add``/``discard`` interface. ``pool[j]`` is the first good index
+    at or after j (cyclically).
+    """
+
+    def __init__(self, n: int):
+        self._bad = np.zeros(n, dtype=bool)
+
+    def add(self, i: int) -> None:
+        self._bad[i] = False
+
+    def discard(self, i: int) -> None:
+        self._bad[i] = True
+
+    def __len__(self) -> int:
+        return len(self._bad)
+
+    def __getitem__(self, j: int) -> int:
+        if not -len(self) <= j < len(self):
+            raise IndexError(j)  # ends iteration (random.sample may list() the pool)
+        j %= len(self)
+        good = np.flatnonzero(~self._bad)
+        if len(good) == 0:
+            raise RuntimeError("every record of a training dataset failed to load; see the "
+                               "'skipped bad record' warnings")
+        k = np.searchsorted(good, j)
+        return int(good[k % len(good)])
+
+
+class _MapDataset(MapDataset):
+    """Detectron2's MapDataset with a working, memory-lean fallback pool (see above)."""
+
+    def __init__(self, dataset, map_func):
+        super().__init__(dataset, map_func)
+        self._fallback_candidates = _FallbackPool(len(dataset))
 
 
 def _has_targets(record: dict) -> bool:
@@ -66,7 +109,7 @@ def build_multi_dataset_train_loader(cfg) -> torch.utils.data.DataLoader:
     datasets = []
     for name in names:
         dicts = get_train_dataset_dicts(cfg, name)
-        datasets.append(MapDataset(DatasetFromList(dicts, copy=False),
+        datasets.append(_MapDataset(DatasetFromList(dicts, copy=False),
                                    build_train_mapper(cfg, name)))
     ratios = _per_dataset(cfg.DATASETS.TRAIN_RATIOS, len(names), "TRAIN_RATIOS", 1.0)
     batch_sizes = [int(b) or cfg.SOLVER.IMS_PER_BATCH for b in _per_dataset(

@@ -27,6 +27,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 from detectron2.structures.masks import polygons_to_bitmask
 from PIL import Image
+from pycocotools import mask as mask_util
 
 from .augmentation import build_augmentations
 from .dataset_info import get_dataset_info
@@ -221,10 +222,13 @@ class InstanceDatasetMapper(_BaseMapper):
                 raise DatasetFormatError(
                     f"image {record['file_name']}: annotation {k} has an RLE of size "
                     f"{list(segm['size'])} but the image is {list(image.shape[:2])} (HxW)")
-            obj = utils.transform_instance_annotations(copy.copy(obj), transforms, (h, w))
-            segm = obj["segmentation"]
-            masks.append(segm if isinstance(segm, np.ndarray) else
-                         polygons_to_bitmask(segm, h, w))
+            # Rasterise at the original size, then transform the mask like a label map:
+            # exact, and no shapely needed (fvcore's polygon crop imports it).
+            if isinstance(segm, dict):
+                mask = mask_util.decode(segm)
+            else:
+                mask = polygons_to_bitmask(segm, image.shape[0], image.shape[1])
+            masks.append(transforms.apply_segmentation(mask.astype(np.uint8)).astype(bool))
             classes.append(obj["category_id"])
         out = self._common(record, aug.image)
         out["instances"] = _mask_instances((h, w), classes, masks)

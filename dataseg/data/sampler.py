@@ -57,14 +57,17 @@ class MultiDatasetBatchSampler:
         """This rank's share of dataset d's stream: global positions g with g % world == rank.
 
         The stream concatenates permutations of the dataset (a fresh one per pass) generated
-        identically on every process, so the ranks' shares are disjoint within each pass.
+        identically on every process. Each pass is cut to a multiple of the batch size (the
+        <= batch-1 left-over images of a pass wait for the next, reshuffled pass), so one
+        iteration never straddles two passes and the ranks' images are disjoint.
         """
         rng = np.random.default_rng([self.seed, 1 + d])
-        n, offset = self.dataset_sizes[d], int(self.offsets[d])
+        n, offset, batch = self.dataset_sizes[d], int(self.offsets[d]), self.batch_sizes[d]
+        usable = (n // batch) * batch if n >= batch else n
         perm, pass_start, g = rng.permutation(n), 0, self.rank
         while True:
-            while g - pass_start >= n:
-                perm, pass_start = rng.permutation(n), pass_start + n
+            while g - pass_start >= usable:
+                perm, pass_start = rng.permutation(n), pass_start + usable
             yield int(perm[g - pass_start]) + offset
             g += self.world_size
 
