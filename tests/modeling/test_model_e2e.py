@@ -1,4 +1,6 @@
 """Builds DaTaSeg from a tiny config and runs training and inference on CPU for every task."""
+from pathlib import Path
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -16,7 +18,8 @@ IS_THING = [True, True, True, False, False]
 def tiny_cfg():
     cfg = get_cfg()
     add_dataseg_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = "DaTaSeg"
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[2] / "configs" / "Base-DaTaSeg.yaml"))
+    assert cfg.MODEL.META_ARCHITECTURE == "DaTaSeg"
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.RESNETS.DEPTH = 18
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
@@ -181,3 +184,25 @@ def test_merge_used_per_task(model):
     assert merge_for_task(logits, masks, "semantic", thing)["num_merged"] == K
     assert merge_for_task(logits, masks, "panoptic", thing)["num_merged"] == 2
     assert merge_for_task(logits, masks, "box", thing)["num_merged"] == 0
+
+
+def test_vocabulary_not_in_checkpoint_and_swappable(model):
+    assert not any("vocab" in k for k in model.state_dict())
+    assert "classifier.background" in model.state_dict()
+    model.eval()
+    model.set_vocabulary("tiny_other", torch.randn(7, D), [False] * 7)
+    inputs = [{"image": _image(), "dataset_name": "tiny_other", "task": "semantic",
+               "height": 64, "width": 80}]
+    with torch.no_grad():
+        assert model(inputs)[0]["sem_seg"].shape == (7, 64, 80)
+    with pytest.raises(ValueError, match="text dim"):
+        model.set_vocabulary("bad", torch.randn(3, D + 1), [True] * 3)
+
+
+def test_bad_class_id_names_image(model):
+    model.train()
+    batch = _pan_batch()
+    batch[0]["instances"].gt_classes[0] = K + 3
+    batch[0]["image_id"] = "img_42"
+    with pytest.raises(ValueError, match="img_42"):
+        model(batch)
