@@ -7,11 +7,13 @@ of them. Importing this module works; calling any op raises ``Detectron2OpUnavai
 
 DATASEG_STUB = True
 # Bumped when this file changes, so scripts/install.sh reinstalls an older copy.
-STUB_VERSION = 2
+STUB_VERSION = 3
 
 UNAVAILABLE_OPS = (
-    "deformable convolution (detectron2.layers.DeformConv, ModulatedDeformConv)",
-    "rotated boxes (detectron2.layers.nms_rotated, box_iou_rotated, ROIAlignRotated)",
+    "deformable convolution on CUDA tensors (detectron2.layers.DeformConv on CPU tensors "
+    "runs through torchvision; ModulatedDeformConv not at all)",
+    "rotated boxes (detectron2.layers.nms_rotated, batched_nms_rotated, "
+    "pairwise_iou_rotated, ROIAlignRotated, RotatedBoxes.iou)",
     "fast COCO evaluation (COCOeval_opt; use COCOEvaluator(..., use_fast_impl=False))",
 )
 
@@ -42,3 +44,23 @@ def __getattr__(name):
         "Unavailable: " + "; ".join(UNAVAILABLE_OPS) + ". Install detectron2 from its GitHub "
         "repository to get them (see DaTaSeg's README, 'Detectron2 install')."
     )
+
+
+def _register_torch_ops():
+    """detectron2.layers.nms_rotated calls torch.ops.detectron2.nms_rotated, an operator the
+    compiled extension registers; define it here so that calling it raises the same error."""
+    import torch
+
+    def unavailable(*args, **kwargs):
+        __getattr__("nms_rotated")
+
+    try:
+        lib = torch.library.Library("detectron2", "DEF")
+        lib.define("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor")
+        lib.impl("nms_rotated", unavailable, "CompositeExplicitAutograd")
+    except RuntimeError:  # already defined (a real extension is loaded): leave it alone
+        return None
+    return lib
+
+
+_TORCH_OPS = _register_torch_ops()

@@ -42,7 +42,11 @@ def atomic_write_bytes(path, data: bytes):
 
 
 def rng_state():
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    """RNG states as tensors and plain Python values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(gauss)],
              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -51,7 +55,8 @@ def rng_state():
 
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -110,10 +115,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 "trained with another architecture (hidden dim, queries, backbone)?")
         return super()._load_model(checkpoint)
 
+    def load(self, path, *args, **kwargs):
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint file not found: {path} (MODEL.WEIGHTS or "
+                                    f"{self.save_dir}/last_checkpoint)")
+        return super().load(path, *args, **kwargs)
+
     def _load_file(self, filename):
         self._loading_path = filename
-        if not os.path.isfile(filename) and "://" not in filename:
-            raise FileNotFoundError(f"checkpoint file not found: {filename}")
         return super()._load_file(filename)
 
     def resume_or_load(self, path, *, resume=True):

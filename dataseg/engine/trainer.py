@@ -4,8 +4,11 @@ Differences from ``DefaultTrainer`` and why:
 - DistributedDataParallel gets ``device_ids`` only on GPUs, so multi-process training also
   runs on CPUs (gloo; see ``dataseg.engine.launch``).
 - AMP (SOLVER.AMP.ENABLED) is used on GPUs only; on CPUs it is switched off with a warning.
-- ``resume_or_load`` also fast-forwards the multi-dataset batch sampler to the resumed
-  iteration, and the checkpoint restores RNG states, so a resumed run sees the same batches.
+- Checkpoints hold the optimizer state (Detectron2 0.6's DefaultTrainer leaves it out, so its
+  resumed runs restart AdamW's moments); ``resume_or_load`` also fast-forwards the multi-dataset batch sampler to the resumed
+  iteration, and the checkpoint restores RNG states, so a resumed run sees the same batches
+  (the same images always; the same augmentations too with DATALOADER.NUM_WORKERS 0, since
+  worker processes draw their own seeds).
 - ``test`` evaluates every DATASETS.TEST entry through the evaluator table and prints one
   summary table; results are always keyed by dataset name.
 - After training with several processes, every rank's weight checksum is compared
@@ -133,6 +136,20 @@ class DaTaSegTrainer(DefaultTrainer):
         return super().build_hooks() + [_WeightsSyncCheck()]
 
     # ---------------------------------------------------------------- resume
+    def state_dict(self):
+        """Detectron2 0.6's DefaultTrainer saves no optimizer state: add the inner trainer's."""
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("checkpoint has no optimizer state (saved by another trainer): "
+                           "the optimizer starts afresh")
+
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
@@ -149,7 +166,11 @@ class DaTaSegTrainer(DefaultTrainer):
             num_workers=loader.num_workers, collate_fn=loader.collate_fn,
             worker_init_fn=loader.worker_init_fn, pin_memory=loader.pin_memory)
         self._trainer.data_loader = resumed
+        # Creating a DataLoader iterator draws a base seed from torch's global RNG; keep the
+        # RNG state just restored from the checkpoint untouched by it.
+        state = torch.get_rng_state()
         self._trainer._data_loader_iter = iter(resumed)
+        torch.set_rng_state(state)
         logger.info("Resumed the training data stream at iteration %d", start_iter)
 
     # ------------------------------------------------------------- evaluation

@@ -1,0 +1,67 @@
+"""Tiny end-to-end configurations shared by the engine tests (real model, trainer, evaluators)."""
+import math
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+
+TRAIN_SETS = ("synth_sem_train", "synth_pan_train", "synth_box_train")
+TEST_SETS = ("synth_sem_val", "synth_pan_val", "synth_sem_panoptic_val", "synth_box_val_instance",
+             "synth_unseen_sem_val")
+
+
+def tiny_opts(tmp: Path, output_dir: Path, max_iter=4, train=TRAIN_SETS, test=TEST_SETS,
+              batch=2, **overrides):
+    """Config overrides for a model and world small enough to train in seconds on a CPU."""
+    opts = {
+        "DATASETS.SYNTHETIC.ROOT": str(tmp / "world"),
+        "DATASETS.SYNTHETIC.IMAGE_SIZE": 64,
+        "DATASETS.SYNTHETIC.NUM_SEMANTIC_TRAIN": 6,
+        "DATASETS.SYNTHETIC.NUM_PANOPTIC_TRAIN": 6,
+        "DATASETS.SYNTHETIC.NUM_BOX_TRAIN": 6,
+        "DATASETS.SYNTHETIC.NUM_VAL": 3,
+        "DATASETS.TRAIN": str(tuple(train)),
+        "DATASETS.TRAIN_RATIOS": str([1.0] * len(train)),
+        "DATASETS.TRAIN_AUGMENTATIONS": str(["resize_crop" if "sem" in t else "lsj"
+                                             for t in train]),
+        "DATASETS.TEST": str(tuple(test)),
+        "MODEL.BACKBONE.NAME": "build_resnet_backbone",
+        "MODEL.RESNETS.DEPTH": 18,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+        "MODEL.RESNETS.NORM": "FrozenBN",
+        "MODEL.PIXEL_MEAN": "[123.675, 116.28, 103.53]",
+        "MODEL.PIXEL_STD": "[58.395, 57.12, 57.375]",
+        "MODEL.DATASEG.NUM_OBJECT_QUERIES": 8,
+        "MODEL.DATASEG.HIDDEN_DIM": 32,
+        "MODEL.DATASEG.NHEADS": 2,
+        "MODEL.DATASEG.DIM_FEEDFORWARD": 64,
+        "MODEL.DATASEG.MASK_DIM": 32,
+        "MODEL.DATASEG.DEC_LAYERS": 3,
+        "MODEL.DATASEG.PIXEL_DECODER.CONVS_DIM": 32,
+        "MODEL.DATASEG.PIXEL_DECODER.ENC_LAYERS": 1,
+        "MODEL.DATASEG.PIXEL_DECODER.ENC_HEADS": 2,
+        "MODEL.DATASEG.PIXEL_DECODER.ENC_DIM_FEEDFORWARD": 64,
+        "MODEL.DATASEG.TRAIN_NUM_POINTS": 256,
+        "MODEL.TEXT_ENCODER.CACHE_DIR": str(tmp / "text_cache"),
+        "INPUT.LSJ.IMAGE_SIZE": 64,
+        "INPUT.RESIZE_CROP.MIN_SIZE_TRAIN": "(56, 64, 72)",
+        "INPUT.RESIZE_CROP.CROP_SIZE": 64,
+        "INPUT.MIN_SIZE_TEST": 64,
+        "INPUT.MAX_SIZE_TEST": 128,
+        "SOLVER.IMS_PER_BATCH": batch,
+        "SOLVER.MAX_ITER": max_iter,
+        "SOLVER.WARMUP_ITERS": 0,
+        "SOLVER.CHECKPOINT_PERIOD": 1000,
+        "DATALOADER.NUM_WORKERS": 0,
+        "SEED": 7,
+        "OUTPUT_DIR": str(output_dir),
+    }
+    opts.update(overrides)
+    flat = []
+    for k, v in opts.items():
+        flat += [k, str(v)]
+    return flat
+
+
+def all_finite(rows):
+    return all(math.isfinite(r["value"]) for r in rows)
