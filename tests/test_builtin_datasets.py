@@ -55,11 +55,14 @@ PROBE = textwrap.dedent("""
     register_all_builtin(sys.argv[1])
     builtins.open, io.open, os.listdir, os.scandir = saved
     from dataseg.data.dataset_info import get_dataset_info
-    out = {"d2_names": d2_names, "reads": reads, "info": {}, "errors": {}}
+    out = {"d2_names": d2_names, "reads": reads, "info": {}, "errors": {}, "ignore": {},
+           "synonyms": {}}
     for name in BUILTIN_DATASETS:
         try:
             i = get_dataset_info(name)
             out["info"][name] = [i.task, i.evaluator_type, i.num_classes, sum(i.is_thing)]
+            out["ignore"][name] = i.ignore_label
+            out["synonyms"][name] = i.class_synonyms
         except KeyError as e:
             out["info"][name] = str(e)
         try:
@@ -108,29 +111,36 @@ def test_no_clash_with_detectron2_builtins(probe):
 def test_contract_metadata(probe):
     _, out = probe
     for name, expected in EXPECTED.items():
-        if name == "dataseg_pascal_context_459_val":
-            continue
         assert out["info"][name] == list(expected), name
 
 
-@pytest.mark.xfail(strict=True, reason="register_semantic_dataset accepts at most 255 classes "
-                   "(8-bit labels); Pascal Context 459 needs 16-bit labels, ignore 65535")
 def test_pascal_context_459_from_names_file(probe):
     _, out = probe
-    assert out["info"]["dataseg_pascal_context_459_val"] == list(
-        EXPECTED["dataseg_pascal_context_459_val"])
+    name = "dataseg_pascal_context_459_val"
+    assert out["info"][name] == list(EXPECTED[name])
+    assert out["ignore"][name] == 65535  # 16-bit label PNGs
+    assert out["synonyms"][name][:2] == [["class 0", "synonym 0"], ["class 1", "synonym 1"]]
+    assert out["ignore"]["dataseg_pascal_context_59_val"] == 255
+
+
+def test_pascal_context_459_bad_names_file(tmp_path):
+    names = tmp_path / PASCAL_CONTEXT_459_NAMES
+    names.parent.mkdir(parents=True)
+    names.write_text("".join(f"class {i}\n" for i in range(458)))
+    out = _probe(tmp_path, allowed=[os.path.realpath(names)])
+    err = out["errors"]["dataseg_pascal_context_459_val"]
+    assert "expected 459 class names" in err and "found 458" in err
 
 
 def test_missing_dataset_error_names_the_path(probe):
     root, out = probe
     for name in BUILTIN_DATASETS:
-        if name == "dataseg_pascal_context_459_val":  # see the xfail above
-            continue
         err = out["errors"][name]
         assert err is not None, f"{name} loaded from an empty root"
         assert str(root) in err, (name, err)
     assert "panoptic_val2017.json" in out["errors"]["dataseg_coco_2017_val_panoptic"]
     assert "annotations_detectron2/validation" in out["errors"]["dataseg_ade20k_sem_seg_val"]
+    assert "pascal_ctx_d2/images/validation" in out["errors"]["dataseg_pascal_context_459_val"]
 
 
 def test_pascal_context_459_without_names_file(tmp_path):

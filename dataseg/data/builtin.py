@@ -21,6 +21,7 @@ from .register import (
     register_instance_dataset,
     register_panoptic_dataset,
     register_semantic_dataset,
+    unregister_dataset,
 )
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ VOCABULARIES = ("ade20k_150", "coco_panoptic_133", "objects365_v2", "cityscapes_
 PASCAL_CONTEXT_459_NAMES = "pascal_ctx_d2/labels_459.txt"
 # Pascal Context 459 labels exceed 8 bits: 16-bit PNGs, this value is ignored.
 PASCAL_CONTEXT_459_IGNORE = 65535
+PASCAL_CONTEXT_459_CLASSES = 459
 
 
 @functools.cache
@@ -174,11 +176,17 @@ def _pascal_context_459(root: Path):
                      **paths)
         return
     try:
+        class_names = read_names_file(names_file)
+        if len(class_names) != PASCAL_CONTEXT_459_CLASSES:
+            raise ValueError(f"{names_file}: expected {PASCAL_CONTEXT_459_CLASSES} class names "
+                             f"(one per line), found {len(class_names)}")
+        # 16-bit label PNGs, value = class index, 65535 = no label (prepare_pascal_context.py).
         register_semantic_dataset(
             name, ctx / "images" / "validation", ctx / "annotations_ctx459" / "validation",
-            read_names_file(names_file), ignore_label=PASCAL_CONTEXT_459_IGNORE,
-            augmentation="resize_crop")
-    except ValueError as e:  # e.g. 16-bit labels not supported by the semantic loader
+            class_names, ignore_label=PASCAL_CONTEXT_459_IGNORE, augmentation="resize_crop",
+            names_file=str(names_file))
+    except ValueError as e:  # a malformed names file must not break `import dataseg`
+        unregister_dataset(name)
         _unavailable(name, f"cannot register 459 classes: {e}", error=RuntimeError,
                      evaluator_type="sem_seg", **paths)
 

@@ -133,10 +133,48 @@ def _category_map(categories: Sequence[dict]) -> Dict[int, int]:
     return {int(c["id"]): i for i, c in enumerate(categories)}
 
 
+# cityscapesscripts' createPanopticImgs names files "<city>_<seq>_<frame><suffix>" without the
+# city folder: images live in leftImg8bit/<split>/<city>/<...>_leftImg8bit.png, panoptic PNGs
+# flat in gtFine/cityscapes_panoptic_<split>/<...>_gtFine_panoptic.png.
+CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
+CITYSCAPES_PANOPTIC_SUFFIX = "_gtFine_panoptic.png"
+_CITYSCAPES_SUFFIXES = (CITYSCAPES_IMAGE_SUFFIX, CITYSCAPES_PANOPTIC_SUFFIX)
+_PANOPTIC_KEY_ORDER = ("file_name", "image_id", "height", "width", "pan_seg_file_name",
+                       "segments_info", "sem_seg_file_name", "dataset_name")
+
+
+def _panoptic_file_candidates(root: str, file_name: str, suffix: Optional[str]) -> List[str]:
+    """Paths where a file named in a panoptic json may be, in the order they are tried.
+
+    ``<root>/<file_name>`` first (COCO, ADE, Mask2Former layouts), then
+    ``<root>/<city>/<file_name>`` with ``city`` the part of the base name before the first
+    "_" (Cityscapes). When ``suffix`` is given and the name ends in the other Cityscapes suffix
+    (e.g. an image entry named "..._gtFine_panoptic.png"), the same frame with ``suffix`` is
+    tried too, in both places.
+    """
+    names = [file_name]
+    if suffix is not None:
+        for other in _CITYSCAPES_SUFFIXES:
+            if other != suffix and file_name.endswith(other):
+                names.append(file_name[: -len(other)] + suffix)
+    out = []
+    for name in names:
+        out.append(os.path.join(root, name))
+        base = os.path.basename(name)
+        if "_" in base and base.index("_") > 0 and os.path.dirname(name) == "":
+            out.append(os.path.join(root, base.split("_", 1)[0], name))
+    return list(dict.fromkeys(out))
+
+
 def load_panoptic_dicts(dataset_name: str, image_root: str, panoptic_root: str,
                         panoptic_json: str, categories: Sequence[dict],
                         sem_seg_root: Optional[str] = None) -> List[dict]:
-    """Reads a COCO panoptic json + PNG folder into Detectron2 panoptic records."""
+    """Reads a COCO panoptic json + PNG folder into Detectron2 panoptic records.
+
+    Image and PNG names are resolved by :func:`_panoptic_file_candidates`, so the json that
+    cityscapesscripts writes (names without the city folder) works as is; a missing file is
+    reported with every path tried.
+    """
     data = _read_json(panoptic_json)
     images = _require(data, "images", panoptic_json, "top level")
     anns = _require(data, "annotations", panoptic_json, "top level")
@@ -172,18 +210,22 @@ def load_panoptic_dicts(dataset_name: str, image_root: str, panoptic_root: str,
             segments.append({"id": int(seg_id), "category_id": contiguous,
                              "isthing": is_thing[contiguous], "iscrowd": int(s.get("iscrowd", 0)),
                              "area": s.get("area")})
-        rec = {"file_name": os.path.join(image_root, img["file_name"]), "image_id": image_id,
-               "height": int(img["height"]), "width": int(img["width"]),
-               "pan_seg_file_name": os.path.join(panoptic_root, png),
-               "segments_info": segments, "dataset_name": dataset_name}
+        files = {"file_name": ("image", image_root, img["file_name"], CITYSCAPES_IMAGE_SUFFIX),
+                 "pan_seg_file_name": ("panoptic PNG", panoptic_root, png,
+                                       CITYSCAPES_PANOPTIC_SUFFIX)}
         if sem_seg_root is not None:
-            rec["sem_seg_file_name"] = os.path.join(sem_seg_root, png)
-        missing = [rec[k] for k in ("file_name", "pan_seg_file_name", "sem_seg_file_name")
-                   if k in rec and not os.path.isfile(rec[k])]
-        if missing:
-            bad.report(f"file missing for image {image_id}: {missing[0]}")
-            continue
-        records.append(rec)
+            files["sem_seg_file_name"] = ("semantic PNG", sem_seg_root, png, None)
+        rec = {"image_id": image_id, "height": int(img["height"]), "width": int(img["width"]),
+               "segments_info": segments, "dataset_name": dataset_name}
+        for key, (what, root, name, suffix) in files.items():
+            tried = _panoptic_file_candidates(root, name, suffix)
+            rec[key] = next((p for p in tried if os.path.isfile(p)), None)
+            if rec[key] is None:
+                bad.report(f"{what} file missing for image {image_id} ('{name}' in "
+                           f"{panoptic_json}); tried: {', '.join(tried)}")
+                break
+        else:
+            records.append({k: rec[k] for k in _PANOPTIC_KEY_ORDER if k in rec})
     bad.finish()
     return records
 

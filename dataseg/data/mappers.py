@@ -4,7 +4,8 @@ Train outputs follow docs/DESIGN.md ("Dataset dicts and mapper outputs"): ``imag
 3xHxW), ``dataset_name``, ``task``, ``height``/``width`` (original size), ``file_name``,
 ``image_id`` and ``instances`` with ``gt_classes`` (int64), ``gt_boxes`` (XYXY, tight around the
 mask when there is one) and ``gt_masks`` (bool NxHxW; not for box data); semantic data also
-gets ``sem_seg`` (int64 HxW, ignore = 255). Instances whose mask/box is empty after the
+gets ``sem_seg`` (int64 HxW, ignore = the dataset's ``ignore_label``: 255, or e.g. 65535 for
+16-bit labels of vocabularies above 255 classes). Instances whose mask/box is empty after the
 augmentation are dropped, so a crop without annotations yields an ``Instances`` with 0 rows and
 correctly shaped tensors.
 
@@ -76,6 +77,20 @@ def _read_label(file_name: str, image_file: str, image_shape, rgb: bool) -> np.n
         raise DatasetFormatError(
             f"label file {file_name} is {label.shape[1]}x{label.shape[0]} (WxH) but image "
             f"{image_file} is {image_shape[1]}x{image_shape[0]}")
+    return label
+
+
+def _read_semantic_label(record: dict, image_shape, num_classes: Optional[int],
+                         ignore_label: int) -> np.ndarray:
+    """Reads an 8- or 16-bit label map; every value must be a class (< K) or ``ignore_label``."""
+    label = _read_label(record["sem_seg_file_name"], record["file_name"], image_shape, False)
+    if num_classes is not None:
+        values = np.unique(label).astype(np.int64)
+        bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_label)]
+        if len(bad):
+            raise DatasetFormatError(
+                f"label file {record['sem_seg_file_name']} has values {bad.tolist()[:10]} that "
+                f"are neither a class (< {num_classes}) nor ignore ({ignore_label})")
     return label
 
 
@@ -160,13 +175,11 @@ class SemanticDatasetMapper(_BaseMapper):
 
     def _map(self, record):
         image = self._read(record)
-        label = _read_label(record["sem_seg_file_name"], record["file_name"], image.shape, False)
-        bad = np.setdiff1d(np.unique(label), np.append(np.arange(self.num_classes),
-                                                       self.ignore_label))
-        if len(bad):
-            raise DatasetFormatError(
-                f"label file {record['sem_seg_file_name']} has values {bad.tolist()[:10]} that are "
-                f"neither a class (< {self.num_classes}) nor ignore ({self.ignore_label})")
+        label = _read_semantic_label(record, image.shape, self.num_classes, self.ignore_label)
+        if label.dtype != np.uint8 or self.ignore_label > 255:
+            # 16-bit labels (> 255 classes): float64 is exact and every Detectron2 resize/pad
+            # path supports it (PIL's uint8-only path would not, nor padding with 65535).
+            label = label.astype(np.float64)
         aug = T.AugInput(image, sem_seg=label)
         self.augmentations(aug)
         sem = aug.sem_seg.astype(np.int64)
@@ -281,6 +294,10 @@ class TestDatasetMapper(_BaseMapper):
 
     def _map(self, record):
         image = self._read(record)
+        if self.task == "semantic" and record.get("sem_seg_file_name"):
+            # SemSegEvaluator reads this label itself; a value outside the vocabulary would
+            # break its confusion matrix with an obscure error, so check it here, naming it.
+            _read_semantic_label(record, image.shape, self.num_classes, self.ignore_label)
         aug = T.AugInput(image)
         self.augmentations(aug)
         return self._common(record, aug.image)

@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 AUGMENTATIONS = ("lsj", "resize_crop", "none")
+# Largest ignore label of a semantic dataset: 16-bit label PNGs.
+MAX_IGNORE_LABEL = 65535
 
 
 def unregister_dataset(name: str) -> None:
@@ -104,6 +106,10 @@ def register_semantic_dataset(name: str, image_root: str, sem_seg_root: str,
 
     Images are ``<image_root>/<stem><image_ext>``, labels ``<sem_seg_root>/<stem><label_ext>``
     whose pixel value i is contiguous class i (``ignore_label`` pixels are ignored).
+    Labels are 8-bit PNGs (up to 255 classes, ``ignore_label`` usually 255) or, for larger
+    vocabularies such as Pascal Context 459, 16-bit PNGs (mode "I;16", written from a uint16
+    array) with ``ignore_label`` e.g. 65535. A label value that is neither a class nor
+    ``ignore_label`` is reported by the mappers, naming the file and value.
     ``class_names``: one name or one list of synonyms (first = display name) per class.
     ``is_thing`` defaults to all False.
     """
@@ -111,9 +117,11 @@ def register_semantic_dataset(name: str, image_root: str, sem_seg_root: str,
     _check_augmentation(name, augmentation)
     if not class_names:
         raise ValueError(f"dataset '{name}': 'class_names' is empty")
-    if not 0 <= int(ignore_label) <= 255 or int(ignore_label) < len(class_names):
-        raise ValueError(f"dataset '{name}': ignore_label {ignore_label} must be in "
-                         f"[{len(class_names)}, 255] (8-bit label PNGs; values < K are classes)")
+    if not len(class_names) <= int(ignore_label) <= MAX_IGNORE_LABEL:
+        raise ValueError(
+            f"dataset '{name}': ignore_label {ignore_label} must be in [{len(class_names)}, "
+            f"{MAX_IGNORE_LABEL}] (values < K = {len(class_names)} are classes; 8-bit label PNGs "
+            "allow up to 255 classes with ignore 255, 16-bit PNGs more, e.g. ignore 65535)")
     synonyms = []
     for k, c in enumerate(class_names):
         names = [c] if isinstance(c, str) else list(c)
