@@ -186,6 +186,43 @@ def test_sem_seg_evaluator_on_16bit_labels(tmp_path, cfg, names):
             assert 0 < res["mIoU"] < 100 and res["IoU-class 256"] < 100
 
 
+def test_builtin_pascal_context_459_loads_maps_and_evaluates(tmp_path, cfg):
+    """The builtin name on a tiny dataset in the layout prepare_pascal_context.py writes."""
+    name = "dataseg_pascal_context_459_val"
+    ctx = tmp_path / "pascal_ctx_d2"
+    ds = write_16bit_semantic_dataset(ctx / "tmp", n=2)
+    (ctx / "images").mkdir()
+    (ctx / "annotations_ctx459").mkdir()
+    Path(ds["image_root"]).rename(ctx / "images" / "validation")
+    Path(ds["sem_seg_root"]).rename(ctx / "annotations_ctx459" / "validation")
+    (tmp_path / builtin.PASCAL_CONTEXT_459_NAMES).write_text(
+        "".join(f"name {i}, alias {i}\n" for i in range(459)))
+    try:
+        unregister_dataset(name)
+        builtin._pascal_context_459(tmp_path)
+        info = get_dataset_info(name)
+        assert (info.num_classes, info.ignore_label) == (459, IGNORE)
+        assert info.class_synonyms[458] == ["name 458", "alias 458"]
+        recs = DatasetCatalog.get(name)
+        assert [r["image_id"] for r in recs] == ["ctx_0", "ctx_1"]
+        cfg.DATASETS.TRAIN = (name,)
+        out = build_train_mapper(cfg, name)(recs[0])  # its default preset: resize_crop
+        assert set(out["sem_seg"].unique().tolist()) <= {3, 255, 256, 299, IGNORE}
+        ev = SemSegEvaluator(name, distributed=False)
+        ev.reset()
+        test_mapper = build_test_mapper(cfg, name)
+        for rec in recs:
+            inp = test_mapper(rec)
+            gt = torch.as_tensor(ds["labels"][rec["image_id"]].astype(np.int64))
+            pred = torch.where(gt == IGNORE, 0, gt)
+            ev.process([inp], [{"sem_seg": torch.nn.functional.one_hot(pred, 459)
+                                .permute(2, 0, 1).float()}])
+        assert ev.evaluate()["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    finally:
+        unregister_dataset(name)
+        builtin._pascal_context_459(builtin.default_root())
+
+
 # ------------------------------------------------------------------ Cityscapes panoptic
 CITY_CATS = [{k: c[k] for k in ("id", "name", "isthing", "synonyms")}
              for c in builtin.load_vocabulary("cityscapes_19")]
