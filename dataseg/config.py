@@ -168,6 +168,13 @@ def add_dataseg_config(cfg):
     cfg.SOLVER.POLY_LR_POWER = 0.9
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
 
+    # ------------------------------------------------------------------ runtime
+    # Flush denormal floats to zero on the CPU (torch.set_flush_denormal). Pretrained weights
+    # and small gradients produce denormals that made CPU training 10-30x slower here
+    # (EfficientNet-Lite0: 9.4 s vs 0.27 s per quickstart iteration); results are unaffected
+    # beyond 1e-38.
+    cfg.FLUSH_DENORMAL = True
+
     # --------------------------------------------------------------- evaluation
     # Where evaluation summaries are written in addition to the log ("" = OUTPUT_DIR).
     cfg.TEST.SUMMARY_DIR = ""

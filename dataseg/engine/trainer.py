@@ -101,6 +101,8 @@ class DaTaSegTrainer(DefaultTrainer):
     # ------------------------------------------------------------------ builders
     @classmethod
     def build_model(cls, cfg):
+        if cfg.FLUSH_DENORMAL and not torch.set_flush_denormal(True):
+            logger.info("FLUSH_DENORMAL: not supported on this CPU")
         model = build_model(cfg)
         logger.info("Model: %s with %.1fM parameters", type(model).__name__,
                     sum(p.numel() for p in model.parameters()) / 1e6)
