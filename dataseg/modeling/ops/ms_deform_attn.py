@@ -123,18 +123,19 @@ def ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_lo
     # grid_sample wants coordinates in [-1, 1]; with align_corners=False, -1 is the left edge
     # of pixel 0, the same convention as x * W - 0.5 in pixel units.
     grids = 2.0 * sampling_locations - 1.0
-    sampled = []
+    # (N, Lq, M, L, P) -> (N*M, 1, Lq, L, P)
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels, p)
+    out = None
     for lvl, ((h, w), start) in enumerate(zip(shapes, starts)):
         # (N, H*W, M, D) -> (N*M, D, H, W)
         v = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
         g = grids[:, :, :, lvl].transpose(1, 2).reshape(n * m, lq, p, 2)
-        sampled.append(F.grid_sample(v, g.to(v.dtype), mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))  # (N*M, D, Lq, P)
-    # (N*M, D, Lq, L*P) weighted by (N*M, 1, Lq, L*P)
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels * p)
-    out = (stacked * weights.to(stacked.dtype)).sum(-1)  # (N*M, D, Lq)
+        sampled = F.grid_sample(v, g.to(v.dtype), mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (N*M, D, Lq, P)
+        # Accumulate level by level: no (N*M, D, Lq, L*P) stack of all levels in memory.
+        level_out = (sampled * weights[..., lvl, :].to(sampled.dtype)).sum(-1)  # (N*M, D, Lq)
+        out = level_out if out is None else out + level_out
     return out.view(n, m * d, lq).transpose(1, 2).contiguous()
 
 
