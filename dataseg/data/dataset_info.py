@@ -46,7 +46,8 @@ def get_dataset_info(name: str) -> DatasetInfo:
             raise KeyError(f"dataset '{name}': metadata key '{key}' is missing; register it with "
                            "the functions in dataseg.data.register")
     if meta.task not in TASKS:
-        raise KeyError(f"dataset '{name}': metadata 'task' is {meta.task!r}, expected one of {TASKS}")
+        raise KeyError(f"dataset '{name}': metadata 'task' is {meta.task!r}, expected one of "
+                       f"{TASKS}")
     synonyms = [list(s) if isinstance(s, (list, tuple)) else [s] for s in meta.class_synonyms]
     if any(not s or not all(isinstance(n, str) and n for n in s) for s in synonyms):
         raise KeyError(f"dataset '{name}': 'class_synonyms' must be non-empty lists of names")

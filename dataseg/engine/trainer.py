@@ -4,11 +4,11 @@ Differences from ``DefaultTrainer`` and why:
 - DistributedDataParallel gets ``device_ids`` only on GPUs, so multi-process training also
   runs on CPUs (gloo; see ``dataseg.engine.launch``).
 - AMP (SOLVER.AMP.ENABLED) is used on GPUs only; on CPUs it is switched off with a warning.
-- Checkpoints hold the optimizer state (Detectron2 0.6's DefaultTrainer leaves it out, so its
-  resumed runs restart AdamW's moments); ``resume_or_load`` also fast-forwards the multi-dataset batch sampler to the resumed
-  iteration, and the checkpoint restores RNG states, so a resumed run sees the same batches
-  (the same images always; the same augmentations too with DATALOADER.NUM_WORKERS 0, since
-  worker processes draw their own seeds).
+- Checkpoints hold the optimizer state (Detectron2 0.6's DefaultTrainer leaves it out, so
+  its resumed runs restart AdamW's moments) and RNG states; ``resume_or_load`` also
+  fast-forwards the multi-dataset batch sampler to the resumed iteration, so a resumed run
+  sees the same batches (the same images always; the same augmentations too with
+  DATALOADER.NUM_WORKERS 0, since worker processes draw their own seeds).
 - ``test`` evaluates every DATASETS.TEST entry through the evaluator table and prints one
   summary table; results are always keyed by dataset name.
 - After training with several processes, every rank's weight checksum is compared
