@@ -5,11 +5,12 @@ interrupted run leaves no half-written file; a rerun skips the outputs that alre
 """
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from dataseg.utils.atomic import atomic_write as _atomic_write
 
 try:
     from tqdm import tqdm
@@ -42,16 +43,7 @@ def require(path: Path, what: str = "input") -> Path:
 
 def atomic_write(path: Path, write_fn) -> None:
     """Calls ``write_fn(tmp_path)`` then renames the temp file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write(Path(path), write_fn, fsync=False)
 
 
 def save_png(array: np.ndarray, path: Path) -> None:

@@ -185,7 +185,8 @@ def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatc
     good = (tmp_path / "model_0001.pth").read_bytes()
 
     def crash(obj, f, *a, **k):
-        f.write(b"partial bytes")
+        with open(f, "wb") as fh:  # a save that dies half-way through
+            fh.write(b"partial bytes")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)

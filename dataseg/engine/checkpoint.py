@@ -7,38 +7,18 @@ torch, numpy and Python are saved too, so a resumed run continues the same rando
 """
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicCheckpointer", "CheckpointMismatchError", "atomic_write_bytes"]
+from dataseg.utils.atomic import atomic_write, atomic_write_bytes
+
+__all__ = ["AtomicCheckpointer", "CheckpointMismatchError"]
 
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint's weights do not fit the model built from the config."""
-
-
-def _fsync_replace(tmp_path, final_path):
-    with open(tmp_path, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp_path, final_path)
-
-
-def atomic_write_bytes(path, data: bytes):
-    """Writes ``data`` to ``path`` through a temporary file and an atomic rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        _fsync_replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def rng_state():
@@ -74,16 +54,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         data["rng_state"] = rng_state()
         data.update(kwargs)
         final = os.path.join(self.save_dir, f"{name}.pth")
-        os.makedirs(self.save_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.save_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(data, f)
-            _fsync_replace(tmp, final)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write(final, lambda tmp: torch.save(data, tmp))
         self.logger.info("Saved checkpoint to %s", final)
         self.tag_last_checkpoint(os.path.basename(final))
 

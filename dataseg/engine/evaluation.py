@@ -21,7 +21,7 @@ from detectron2.evaluation import (
 from detectron2.utils import comm
 
 from dataseg.data.dataset_info import get_dataset_info
-from dataseg.engine.checkpoint import atomic_write_bytes
+from dataseg.utils.atomic import atomic_write_bytes
 
 __all__ = ["EVALUATOR_TABLE", "build_evaluator", "summarize_results", "format_summary",
            "detectron2_has_compiled_ops", "HEADLINE_METRICS"]

@@ -31,9 +31,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader
 
-from dataseg.engine.checkpoint import AtomicCheckpointer, atomic_write_bytes
+from dataseg.engine.checkpoint import AtomicCheckpointer
 from dataseg.engine.evaluation import build_evaluator, write_summary
 from dataseg.engine.optimizer import build_lr_scheduler, build_optimizer
+from dataseg.utils.atomic import atomic_write_bytes
 
 __all__ = ["DaTaSegTrainer", "weights_checksum"]
 

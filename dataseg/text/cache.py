@@ -9,11 +9,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Union
 
 import torch
+
+from dataseg.utils.atomic import atomic_write, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +40,6 @@ def cache_key(identity: dict, templates: List[str], class_synonyms: List[List[st
 
 def entry_paths(cache_dir: Path, key: str):
     return cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
-
-
-def _atomic_write(path: Path, write_fn) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load(cache_dir: Path, key: str, num_classes: int) -> Optional[torch.Tensor]:
@@ -84,7 +72,6 @@ def save(cache_dir: Path, key: str, emb: torch.Tensor, manifest: dict) -> Path:
     """Writes the tensor, then the manifest (whose presence marks a complete entry)."""
     tensor_path, manifest_path = entry_paths(cache_dir, key)
     manifest = dict(manifest, shape=list(emb.shape), version=CACHE_VERSION)
-    _atomic_write(tensor_path, lambda f: torch.save(emb.detach().cpu().float().contiguous(), f))
-    _atomic_write(manifest_path,
-                  lambda f: f.write(json.dumps(manifest, indent=1).encode("utf-8")))
+    atomic_write(tensor_path, lambda f: torch.save(emb.detach().cpu().float().contiguous(), f))
+    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode("utf-8"))
     return tensor_path
