@@ -54,6 +54,7 @@ def run_one(combo, seed, args):
         "OUTPUT_DIR", str(out_dir),
     ]
     cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", args.config] + opts
+    cmd += args.opts  # extra overrides, last so they win (tests use them for a tiny world)
     t0 = time.time()
     log = out_dir.with_suffix(".log")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +111,8 @@ def main():
     parser.add_argument("--world-seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "output" / "miniature"))
     parser.add_argument("--rerun", action="store_true", help="ignore finished runs")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config overrides passed to every run (KEY VALUE ...)")
     args = parser.parse_args()
 
     results = {}
@@ -134,7 +137,7 @@ def main():
     from dataseg.engine import build_cfg
 
     register_synthetic_world(build_cfg(args.config, ["DATASETS.SYNTHETIC.SEED",
-                                                     str(args.world_seed)]))
+                                                     str(args.world_seed)] + args.opts))
     baseline = uniform_guess_miou("synth_unseen_sem_val")
     lines += ["", f"Uniform-guess baseline on synth_unseen_sem_val: {baseline:.1f} mIoU.",
               "S = semantic (ADE-like), P = panoptic (COCO-like), B = boxes only (O365-like). "
