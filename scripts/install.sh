@@ -9,9 +9,9 @@
 #   DATASEG_CACHE          where the detectron2 source archive is kept (default ~/.cache/dataseg)
 #   DATASEG_BUILD_CUDA     auto (default) | 1 (force the CUDA kernel) | 0 (never build it)
 #   DATASEG_REINSTALL=1    re-run the editable install of this project (e.g. after kernel edits)
-#   DETECTRON2_GIT_COMMIT  when github.com is reachable, detectron2 is installed from its
-#                          repository at this commit (with its compiled ops) instead of the
-#                          v0.6 PyPI sources. Default: v0.6's commit d1e04565.
+#   DETECTRON2_GIT_REF     when github.com is reachable, detectron2 is installed from its
+#                          repository at this tag or commit (with its compiled ops) instead of
+#                          the v0.6 PyPI sources. Default: the tag v0.6 (commit d1e04565).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +20,7 @@ CACHE="${DATASEG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dataseg}"
 CONSTRAINTS="$ROOT/requirements/constraints.txt"
 D2_URL="https://files.pythonhosted.org/packages/60/26/48f5bbb7ee492696a21da23303daeecdfe3942c498a70d34108acf63b2bd/pb1-detectron2-0.6.tar.gz"
 D2_SHA256="5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-D2_COMMIT="${DETECTRON2_GIT_COMMIT:-d1e04565d3bec8719335b88be9e9b961bf3ec464}"
+D2_REF="${DETECTRON2_GIT_REF:-v0.6}"
 
 # --isolated: ignore the machine's pip config (its find-links offers a CPU-only torch wheel
 # for which no torchvision build exists).
@@ -52,8 +52,8 @@ ok = detectron2.__version__.startswith('0.6') and getattr(_C, 'STUB_VERSION', $S
 sys.exit(0 if ok else 1)" 2>/dev/null); then
     echo "detectron2 $("$PY" -c 'import detectron2; print(detectron2.__version__)') already installed"
 elif [ "${DATASEG_D2_FROM_GIT:-auto}" != "0" ] && timeout 20 git ls-remote https://github.com/facebookresearch/detectron2 >/dev/null 2>&1; then
-    echo "github.com reachable: detectron2 from its repository at $D2_COMMIT (with compiled ops)"
-    pip_install --no-build-isolation "git+https://github.com/facebookresearch/detectron2@$D2_COMMIT"
+    echo "github.com reachable: detectron2 from its repository at $D2_REF (with compiled ops)"
+    pip_install --no-build-isolation "git+https://github.com/facebookresearch/detectron2@$D2_REF"
 else
     echo "github.com unreachable: detectron2 v0.6 Python sources from PyPI (pb1-detectron2), no compiled ops"
     mkdir -p "$CACHE"
