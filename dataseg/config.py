@@ -6,6 +6,18 @@ and say so ("M2F default").
 from detectron2.config import CfgNode as CN
 
 
+def per_train_dataset(cfg, key, default):
+    """``cfg.DATASETS.<key>`` as a list aligned with ``DATASETS.TRAIN``: one entry per training
+    dataset, or ``default`` for each when the list is empty. Any other length is an error."""
+    values, n = list(cfg.DATASETS[key]), len(cfg.DATASETS.TRAIN)
+    if not values:
+        return [default] * n
+    if len(values) != n:
+        raise ValueError(f"cfg.DATASETS.{key} has {len(values)} entries but DATASETS.TRAIN has "
+                         f"{n}: give one per training dataset or none")
+    return values
+
+
 def add_dataseg_config(cfg):
     """Adds DaTaSeg's keys to a Detectron2 ``CfgNode`` in place (call before merge_from_file)."""
     # ------------------------------------------------------------------ model

@@ -20,6 +20,7 @@ import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import PadTransform
 
+from ..config import per_train_dataset
 from .dataset_info import get_dataset_info
 
 __all__ = ["build_augmentations", "augmentation_preset", "crop_size_for", "seg_pad_value_for",
@@ -46,14 +47,9 @@ class FixedSizeCropWithSegPad(T.FixedSizeCrop):
 
 def _per_dataset_entry(cfg, key: str, dataset_name: str):
     """The entry of cfg.DATASETS.<key> at the dataset's index in cfg.DATASETS.TRAIN, or None."""
-    values = list(getattr(cfg.DATASETS, key))
     train = list(cfg.DATASETS.TRAIN)
-    if not values or dataset_name not in train:
-        return None
-    if len(values) != len(train):
-        raise ValueError(f"cfg.DATASETS.{key} has {len(values)} entries but DATASETS.TRAIN has "
-                         f"{len(train)}")
-    return values[train.index(dataset_name)]
+    values = per_train_dataset(cfg, key, None)
+    return values[train.index(dataset_name)] if dataset_name in train else None
 
 
 def augmentation_preset(cfg, dataset_name: str) -> str:

@@ -15,6 +15,7 @@ from detectron2.data import build_detection_test_loader as _d2_test_loader
 from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
 from detectron2.utils import comm
 
+from ..config import per_train_dataset
 from .loading import set_skip_bad_records
 from .mappers import build_test_mapper, build_train_mapper
 from .sampler import MultiDatasetBatchSampler
@@ -90,16 +91,6 @@ def get_train_dataset_dicts(cfg, dataset_name: str) -> List[dict]:
     return dicts
 
 
-def _per_dataset(values, n: int, key: str, default):
-    values = list(values)
-    if not values:
-        return [default] * n
-    if len(values) != n:
-        raise ValueError(f"cfg.DATASETS.{key} has {len(values)} entries but DATASETS.TRAIN has "
-                         f"{n}")
-    return values
-
-
 def build_multi_dataset_train_loader(cfg) -> torch.utils.data.DataLoader:
     """An infinite loader of batches (lists of mapped dicts), each from one training dataset."""
     set_skip_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS)
@@ -111,9 +102,9 @@ def build_multi_dataset_train_loader(cfg) -> torch.utils.data.DataLoader:
         dicts = get_train_dataset_dicts(cfg, name)
         datasets.append(_MapDataset(DatasetFromList(dicts, copy=False),
                                    build_train_mapper(cfg, name)))
-    ratios = _per_dataset(cfg.DATASETS.TRAIN_RATIOS, len(names), "TRAIN_RATIOS", 1.0)
-    batch_sizes = [int(b) or cfg.SOLVER.IMS_PER_BATCH for b in _per_dataset(
-        cfg.DATASETS.TRAIN_BATCH_SIZES, len(names), "TRAIN_BATCH_SIZES", 0)]
+    ratios = per_train_dataset(cfg, "TRAIN_RATIOS", 1.0)
+    batch_sizes = [int(b) or cfg.SOLVER.IMS_PER_BATCH
+                   for b in per_train_dataset(cfg, "TRAIN_BATCH_SIZES", 0)]
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     sampler = MultiDatasetBatchSampler([len(d) for d in datasets], ratios, batch_sizes,
                                        seed=seed, rank=comm.get_rank(),

@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser as d2_argument_parser
 from detectron2.engine import default_setup
 
-from dataseg.config import add_dataseg_config
+from dataseg.config import add_dataseg_config, per_train_dataset
 
 __all__ = ["default_argument_parser", "setup_cfg", "build_cfg", "ConfigError"]
 
@@ -67,13 +67,12 @@ def check_datasets(cfg):
                 raise ConfigError(
                     f"DATASETS.{key}: dataset '{name}' is not registered.{hint} Register your "
                     "own with the functions in dataseg.data.register (see README).")
-    n = len(cfg.DATASETS.TRAIN)
     for key in ("TRAIN_RATIOS", "TRAIN_BATCH_SIZES", "TRAIN_LOSS_WEIGHTS", "TRAIN_AUGMENTATIONS",
                 "TRAIN_CROP_SIZES"):
-        values = cfg.DATASETS[key]
-        if len(values) not in (0, n):
-            raise ConfigError(f"DATASETS.{key} has {len(values)} entries but DATASETS.TRAIN has "
-                              f"{n}: give one per training dataset or none")
+        try:
+            per_train_dataset(cfg, key, None)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
 
 
 def setup_cfg(args):

@@ -13,6 +13,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
+from ..config import per_train_dataset
 from .criterion import SetCriterion
 from .merge import merge_for_task
 from .pixel_decoder import MSDeformAttnPixelDecoder
@@ -31,13 +32,8 @@ TASKS = ("semantic", "panoptic", "instance", "box")
 
 def dataset_loss_weights_from_cfg(cfg) -> Dict[str, float]:
     """cfg.DATASETS.TRAIN_LOSS_WEIGHTS (one per DATASETS.TRAIN entry, empty = 1.0 each)."""
-    names, weights = list(cfg.DATASETS.TRAIN), list(cfg.DATASETS.TRAIN_LOSS_WEIGHTS)
-    if not weights:
-        return {n: 1.0 for n in names}
-    if len(weights) != len(names):
-        raise ValueError(f"DATASETS.TRAIN_LOSS_WEIGHTS has {len(weights)} entries but "
-                         f"DATASETS.TRAIN has {len(names)} ({names})")
-    return {n: float(w) for n, w in zip(names, weights)}
+    weights = per_train_dataset(cfg, "TRAIN_LOSS_WEIGHTS", 1.0)
+    return {n: float(w) for n, w in zip(cfg.DATASETS.TRAIN, weights)}
 
 
 def text_dim_from_cfg(cfg) -> int:
