@@ -5,6 +5,11 @@
     python train_net.py --config-file configs/dataseg_r50.yaml --num-gpus 8
     python train_net.py --config-file configs/dataseg_r50.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file ... --resume        # continue from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file ... --datasets my_datasets.yaml DATASETS.TRAIN "('my_train',)"
+
+Flags may come before or after the KEY VALUE overrides. Before the first iteration every train
+and test dataset is loaded and checked (--skip-preflight to skip). Errors in the config, the
+datasets files or the weights file are one line naming the file at fault.
 
 --num-gpus N starts N processes per machine: NCCL on GPUs, gloo on CPUs (see README).
 """
@@ -15,22 +20,32 @@ from pathlib import Path
 # Runs from a checkout without installation too (paths from this file, not the cwd).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from torch.multiprocessing import ProcessRaisedException  # noqa: E402
+
 import dataseg  # noqa: E402,F401  (registers the model and datasets)
+from dataseg.data.loading import DatasetFormatError  # noqa: E402
 from dataseg.engine import (  # noqa: E402
     AtomicCheckpointer,
+    CheckpointError,
     ConfigError,
     DaTaSegTrainer,
-    default_argument_parser,
     launch,
+    parse_args,
+    preflight,
     setup_cfg,
 )
 from dataseg.engine.trainer import torch_threads_from_env  # noqa: E402
+
+# Errors whose message says all (file, key, record at fault): printed as one line.
+CLEAR_ERRORS = (ConfigError, CheckpointError, DatasetFormatError)
 
 
 def main(args):
     torch_threads_from_env()
     cfg = setup_cfg(args)
     if args.eval_only:
+        if cfg.DATASETS.PREFLIGHT:
+            preflight(cfg, keys=("TEST",))
         model = DaTaSegTrainer.build_model(cfg)
         AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
@@ -41,12 +56,29 @@ def main(args):
 
 
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines,
                machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     except ConfigError as e:
         sys.exit(f"train_net.py: config error: {e}")
+    except CLEAR_ERRORS as e:
+        sys.exit(f"train_net.py: error: {e}")
+    except ProcessRaisedException as e:  # a spawned rank failed (--num-gpus > 1)
+        last = str(e).strip().splitlines()[-1]
+        if any(last.startswith(f"{c.__module__}.{c.__name__}:") or last.startswith(c.__name__)
+               for c in _error_classes()):
+            sys.exit(f"train_net.py: error: {last.split(': ', 1)[-1]}")
+        raise
+
+
+def _error_classes():
+    seen, todo = [], list(CLEAR_ERRORS)
+    while todo:
+        c = todo.pop()
+        seen.append(c)
+        todo.extend(c.__subclasses__())
+    return seen
 
 
 if __name__ == "__main__":

@@ -141,6 +141,14 @@ def add_dataseg_config(cfg):
     cfg.DATASETS.TRAIN_CROP_SIZES = []
     # Skip records with missing/corrupt files (a warning with a count) instead of failing.
     cfg.DATASETS.SKIP_BAD_RECORDS = False
+    # Your own datasets without code: YAML files listing datasets to register (name, task and
+    # the arguments of dataseg.data.register's functions; see dataseg/data/register_files.py).
+    # Relative file paths: against the working directory, then the config file's folder.
+    # train_net.py --datasets FILE appends to it.
+    cfg.DATASETS.REGISTER = ()
+    # Load every train and test dataset's records (not images) before the first iteration, so
+    # a format error in a test set stops the run at its start (train_net.py --skip-preflight).
+    cfg.DATASETS.PREFLIGHT = True
 
     # Augmentation presets.
     cfg.INPUT.LSJ = CN()

@@ -9,29 +9,24 @@ raters skipped. How the release marks them is not documented in the paper; this 
 an annotation as skipped when it has ``iscrowd: 1``, a truthy ``ignore`` key, or no/empty
 ``segmentation``, and writes ``o365_instance_seg_val_d2.json`` where each skipped annotation is
 ``iscrowd: 1`` with its box as the region (COCO evaluation then ignores predictions on it).
+The rule is dataseg.data.loading's ``as_ignore_region``, the one the instance loader applies
+to mask-less annotations of any instance json, so the original json can be registered as is
+too.
 """
 import json
 
 from prepare_common import argument_parser, atomic_write, dataset_root, require
 
-
-def _is_skipped(ann) -> bool:
-    segm = ann.get("segmentation")
-    return bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)) or not segm
+from dataseg.data.loading import as_ignore_region, is_maskless
 
 
 def normalise_instance_json(data: dict) -> dict:
     out_anns = []
     for ann in data["annotations"]:
-        ann = dict(ann)
-        if _is_skipped(ann):
-            x, y, w, h = ann["bbox"]
-            ann["iscrowd"] = 1
-            if not ann.get("segmentation"):
-                ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+        if ann.get("iscrowd", 0) or is_maskless(ann):
+            ann = as_ignore_region(ann)
         else:
-            ann["iscrowd"] = 0
-        ann.pop("ignore", None)
+            ann = dict(ann, iscrowd=0)
         out_anns.append(ann)
     return dict(data, annotations=out_anns)
 

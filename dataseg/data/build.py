@@ -11,18 +11,20 @@ from typing import List
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, DatasetFromList, MapDataset
-from detectron2.data import build_detection_test_loader as _d2_test_loader
 from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
+from detectron2.data.samplers import InferenceSampler
 from detectron2.utils import comm
 
 from ..config import per_train_dataset
 from .loading import set_skip_bad_records
 from .mappers import build_test_mapper, build_train_mapper
+from .register_files import RegisterDatasetFiles
 from .sampler import MultiDatasetBatchSampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_multi_dataset_train_loader", "build_test_loader", "get_train_dataset_dicts"]
+__all__ = ["build_multi_dataset_train_loader", "build_test_loader", "get_train_dataset_dicts",
+           "TestLoader"]
 
 
 class _FallbackPool(Sequence):
@@ -112,10 +114,67 @@ def build_multi_dataset_train_loader(cfg) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         torch.utils.data.ConcatDataset(datasets), batch_sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=trivial_batch_collator,
-        worker_init_fn=worker_init_reset_seed)
+        worker_init_fn=RegisterDatasetFiles(cfg.DATASETS.REGISTER, then=worker_init_reset_seed))
 
 
-def build_test_loader(cfg, dataset_name: str):
-    """Detectron2's test loader (batch 1, inference sampler) with DaTaSeg's test mapper."""
+def _drop_skipped(batch):
+    """Collates a test batch, leaving out records the mapper skipped (None)."""
+    return [x for x in batch if x is not None]
+
+
+class TestLoader:
+    """Batches of one mapped test record each; records the mapper skips as bad
+    (DATASETS.SKIP_BAD_RECORDS) are left out, not replaced, so the evaluator never sees an
+    image twice. ``num_skipped`` counts them (this process) and one warning reports it."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, dataset_name: str):
+        self.loader, self.dataset_name = loader, dataset_name
+        self.num_skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.num_skipped = 0
+        for batch in self.loader:
+            if not batch:
+                self.num_skipped += 1
+                continue
+            yield batch
+        if self.num_skipped:
+            logger.warning("dataset '%s': skipped %d bad records of %d in evaluation (see the "
+                           "warnings above); its metrics cover the other images",
+                           self.dataset_name, self.num_skipped, len(self.loader))
+
+
+def build_test_loader(cfg, dataset_name: str) -> TestLoader:
+    """Batch-1 test loader over Detectron2's InferenceSampler with DaTaSeg's test mapper.
+
+    Same pieces as the train loader (records as a DatasetFromList, the mapper applied per
+    item, worker init registering DATASETS.REGISTER files); bad records are left out with a
+    count (see :class:`TestLoader`) rather than replaced by others as in training.
+    """
     set_skip_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS)
-    return _d2_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg, dataset_name))
+    dicts = DatasetCatalog.get(dataset_name)
+    for d in dicts:
+        d["dataset_name"] = dataset_name
+    mapper = build_test_mapper(cfg, dataset_name)
+    dataset = _MapOnly(DatasetFromList(dicts, copy=False), mapper)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=1, sampler=InferenceSampler(len(dataset)), drop_last=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_drop_skipped,
+        worker_init_fn=RegisterDatasetFiles(cfg.DATASETS.REGISTER))
+    return TestLoader(loader, dataset_name)
+
+
+class _MapOnly(torch.utils.data.Dataset):
+    """``mapper(records[i])``; None (a skipped bad record) is passed on, not retried."""
+
+    def __init__(self, records, mapper):
+        self.records, self.mapper = records, mapper
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.mapper(self.records[i])

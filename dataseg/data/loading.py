@@ -12,7 +12,11 @@ Record formats (Detectron2's standard dicts plus ``"dataset_name"``):
   ``segments_info`` (``id``, contiguous ``category_id``, ``isthing``, ``iscrowd``, ``area``),
   ``sem_seg_file_name`` when a semantic root is given.
 * instance: ``annotations`` (``bbox`` XYWH_ABS, ``bbox_mode``, contiguous ``category_id``,
-  ``iscrowd``, ``segmentation`` as polygons or compressed RLE).
+  ``iscrowd``, ``segmentation`` as polygons or compressed RLE). An annotation without a mask
+  (no or empty ``segmentation``, or a truthy ``ignore`` key, as the DaTaSeg Objects365 instance
+  benchmark marks skipped objects) is an ignore region: ``iscrowd`` 1 with its box as the
+  polygon (:func:`as_ignore_region`), so it is neither a target nor, in evaluation, a false
+  positive or negative; one warning gives the count.
 * box: memory-lean; no per-box dicts but ``boxes`` (float32 Nx4, XYXY absolute) and
   ``box_classes`` (int32 N, contiguous ids); crowd boxes are dropped at load time (the
   mappers would drop them anyway). Image files of json datasets are not stat-ed at load time
@@ -37,6 +41,9 @@ __all__ = [
     "load_panoptic_dicts",
     "load_instance_dicts",
     "load_box_dicts",
+    "is_maskless",
+    "as_ignore_region",
+    "check_coco_bbox",
 ]
 
 _SKIP_BAD_RECORDS = False
@@ -248,9 +255,45 @@ def _convert_segmentation(segm, height: int, width: int, path: str, ann_id):
                              f"RLE, got {type(segm).__name__}")
 
 
+def is_maskless(ann: dict) -> bool:
+    """An instance annotation without a mask: no or empty ``segmentation``, or ``ignore``."""
+    return not ann.get("segmentation") or bool(ann.get("ignore", 0))
+
+
+def as_ignore_region(ann: dict) -> dict:
+    """A copy of a COCO annotation as an ignore region: ``iscrowd`` 1, its box as the polygon
+    when it has no mask, ``area`` from the box when absent, no ``ignore`` key.
+
+    The one home of this rule: the instance loader, the COCO evaluator of instance datasets and
+    datasets/prepare_objects365.py use it.
+    """
+    ann = dict(ann)
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    ann["iscrowd"] = 1
+    if not ann.get("segmentation"):
+        ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    ann.setdefault("area", w * h)
+    ann.pop("ignore", None)
+    return ann
+
+
+def check_coco_bbox(bbox, path: str, where: str) -> List[float]:
+    """A COCO ``bbox``: 4 finite numbers [x, y, w, h] with w, h >= 0 (the box loader's rule)."""
+    try:
+        box = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        box = []
+    if len(box) != 4 or not np.isfinite(box).all() or box[2] < 0 or box[3] < 0:
+        raise DatasetFormatError(f"{path}: {where}: 'bbox' must be 4 finite numbers "
+                                 f"[x, y, w, h] with w, h >= 0, got {bbox!r}")
+    return box
+
+
 def load_instance_dicts(dataset_name: str, image_root: str, json_file: str,
                         categories: Sequence[dict]) -> List[dict]:
-    """Reads a COCO instance json (polygons or RLE) into Detectron2 instance records."""
+    """Reads a COCO instance json (polygons or RLE) into Detectron2 instance records.
+
+    Mask-less annotations become ignore regions (see the module doc)."""
     data = _read_json(json_file)
     images = _require(data, "images", json_file, "top level")
     anns = _require(data, "annotations", json_file, "top level")
@@ -262,12 +305,16 @@ def load_instance_dicts(dataset_name: str, image_root: str, json_file: str,
             _require(img, key, json_file, f"images[{k}]")
         per_image[img["id"]] = []
         order.append(img)
-    dropped = 0
+    dropped = maskless = 0
     for k, ann in enumerate(anns):
         ann_id = ann.get("id", f"#{k}") if isinstance(ann, dict) else f"#{k}"
         where = f"annotation {ann_id}"
-        for key in ("image_id", "category_id", "bbox", "segmentation"):
+        for key in ("image_id", "category_id", "bbox"):
             _require(ann, key, json_file, where)
+        check_coco_bbox(ann["bbox"], json_file, f"image {ann['image_id']}, {where}")
+        if is_maskless(ann):
+            maskless += 1
+            ann = as_ignore_region(ann)
         if ann["image_id"] not in per_image:
             raise DatasetFormatError(f"{json_file}: {where} refers to image_id "
                                      f"{ann['image_id']} which is not in 'images'")
@@ -286,6 +333,10 @@ def load_instance_dicts(dataset_name: str, image_root: str, json_file: str,
     if dropped:
         logger.warning("dataset '%s': dropped %d annotations without a valid polygon (%s)",
                        dataset_name, dropped, json_file)
+    if maskless:
+        logger.warning("dataset '%s': %d annotations without a mask (no/empty 'segmentation' or "
+                       "'ignore') are ignore regions: neither targets nor, in evaluation, false "
+                       "positives or negatives (%s)", dataset_name, maskless, json_file)
     return [{"file_name": os.path.join(image_root, img["file_name"]), "image_id": img["id"],
              "height": int(img["height"]), "width": int(img["width"]),
              "annotations": per_image[img["id"]], "dataset_name": dataset_name}

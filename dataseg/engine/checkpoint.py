@@ -14,11 +14,44 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from dataseg.utils.atomic import atomic_write, atomic_write_bytes
 
-__all__ = ["AtomicCheckpointer", "CheckpointMismatchError"]
+__all__ = ["AtomicCheckpointer", "CheckpointError", "CheckpointMismatchError",
+           "CheckpointNotFoundError", "CheckpointReadError"]
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointError(RuntimeError):
+    """A weights file that cannot be used; the message names it (one line)."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """The checkpoint's weights do not fit the model built from the config."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """MODEL.WEIGHTS (or last_checkpoint's target) does not exist."""
+
+
+class CheckpointReadError(CheckpointError):
+    """The file is unreadable, truncated, or not a checkpoint."""
+
+
+def _unreadable_reason(filename, error) -> str:
+    """Why torch.load failed, in words (never the advice to load with weights_only=False,
+    which would let an untrusted file run code)."""
+    with open(filename, "rb") as f:
+        head = f.read(4)
+    size = os.path.getsize(filename)
+    if size == 0:
+        return "the file is empty"
+    if head == _ZIP_MAGIC:
+        return (f"a truncated or corrupt PyTorch checkpoint ({size} bytes; was its copy or save "
+                "interrupted?)")
+    if "weights_only" in str(error) or "Unsupported global" in str(error):
+        return ("it holds Python objects other than tensors and plain values, which are not "
+                "loaded from a file that could run code; re-save it as a state dict")
+    return (f"not a PyTorch checkpoint ({size} bytes starting with {head!r}; expected a "
+            "torch.save file, or a Detectron2 .pkl)")
 
 
 def rng_state():
@@ -54,9 +87,22 @@ class AtomicCheckpointer(DetectionCheckpointer):
         data["rng_state"] = rng_state()
         data.update(kwargs)
         final = os.path.join(self.save_dir, f"{name}.pth")
+        self.remove_stale_temp_files()
         atomic_write(final, lambda tmp: torch.save(data, tmp))
         self.logger.info("Saved checkpoint to %s", final)
         self.tag_last_checkpoint(os.path.basename(final))
+
+    def remove_stale_temp_files(self):
+        """Removes checkpoint temp files (``.<name>.pth.*.tmp``) a killed save left behind."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return
+        for fn in os.listdir(self.save_dir):
+            if fn.startswith(".") and fn.endswith(".tmp") and ".pth." in fn:
+                try:
+                    os.unlink(os.path.join(self.save_dir, fn))
+                    self.logger.info("Removed %s, left by an interrupted checkpoint save", fn)
+                except OSError:
+                    pass
 
     def tag_last_checkpoint(self, last_filename_basename):
         atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"),
@@ -88,13 +134,25 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint file not found: {path} (MODEL.WEIGHTS or "
-                                    f"{self.save_dir}/last_checkpoint)")
+            raise CheckpointNotFoundError(f"checkpoint file not found: {path} (MODEL.WEIGHTS or "
+                                          f"{self.save_dir}/last_checkpoint)")
         return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename):
+        """Detectron2's loading; a file it cannot read is a one-line CheckpointReadError."""
         self._loading_path = filename
-        return super()._load_file(filename)
+        try:
+            loaded = super()._load_file(filename)
+        except Exception as e:
+            raise CheckpointReadError(f"cannot load weights file {filename}: "
+                                      f"{_unreadable_reason(filename, e)}") from None
+        model = loaded.get("model") if isinstance(loaded, dict) else None
+        if not isinstance(model, dict) or not all(
+                isinstance(v, (torch.Tensor, np.ndarray)) for v in model.values()):
+            raise CheckpointReadError(
+                f"cannot load weights file {filename}: not a checkpoint (expected a dict with a "
+                "'model' state dict of tensors, or a state dict)")
+        return loaded
 
     def resume_or_load(self, path, *, resume=True):
         checkpoint = super().resume_or_load(path, resume=resume)

@@ -1,16 +1,24 @@
 """Config set-up and command-line options shared by train_net.py and the tests."""
 import difflib
+import glob
 import logging
+import os
 
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser as d2_argument_parser
-from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.collect_env import collect_env_info
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
 
 from dataseg.config import add_dataseg_config, per_train_dataset
+from dataseg.data.register_files import DatasetFileError, register_dataset_files
+from dataseg.utils.atomic import atomic_write_bytes
 
-__all__ = ["default_argument_parser", "setup_cfg", "build_cfg", "ConfigError"]
+__all__ = ["default_argument_parser", "parse_args", "setup_cfg", "build_cfg", "ConfigError",
+           "setup_loggers", "register_config_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -20,10 +28,58 @@ class ConfigError(ValueError):
 
 
 def default_argument_parser(epilog=None):
-    """Detectron2's options; --dist-url defaults to "auto" (a free local port)."""
+    """Detectron2's options plus --datasets and --skip-preflight; --dist-url defaults to "auto"
+    (a free local port)."""
     parser = d2_argument_parser(epilog)
     parser.set_defaults(dist_url="auto")
+    parser.add_argument("--datasets", action="append", default=[], metavar="FILE",
+                        help="a YAML file of datasets to register (appended to "
+                             "DATASETS.REGISTER; may be repeated)")
+    parser.add_argument("--skip-preflight", action="store_true",
+                        help="do not load every train and test dataset before the first "
+                             "iteration (sets DATASETS.PREFLIGHT False)")
     return parser
+
+
+def parse_args(argv=None, parser=None):
+    """Parses train_net.py's command line; flags may come before or after the overrides.
+
+    Detectron2's parser takes everything after the first override as overrides, so
+    ``... SOLVER.MAX_ITER 10 --resume`` would fail with "Override list has odd length". Here
+    flags found among the overrides are moved in front; an unknown ``--flag`` there is an
+    error naming it.
+    """
+    parser = parser or default_argument_parser()
+    args = parser.parse_args(argv)
+    opts = list(args.opts or [])
+    if not any(t.startswith("--") for t in opts):
+        return args
+    argv = list(argv if argv is not None else __import__("sys").argv[1:])
+    prefix = argv[:len(argv) - len(opts)]
+    actions = {}
+    for action in parser._actions:  # argparse's public listing of the defined options
+        for option in action.option_strings:
+            actions[option] = action
+    flags, overrides, i = [], [], 0
+    while i < len(opts):
+        tok = opts[i]
+        if tok.startswith("--"):
+            option = tok.split("=", 1)[0]
+            if option not in actions:
+                parser.error(f"unknown option {option} among the config overrides "
+                             f"{' '.join(opts)}: options are {', '.join(sorted(actions))}; "
+                             "overrides are KEY VALUE pairs")
+            takes_value = actions[option].nargs != 0 and "=" not in tok
+            flags.append(tok)
+            if takes_value:
+                if i + 1 >= len(opts):
+                    parser.error(f"option {option} needs a value")
+                flags.append(opts[i + 1])
+                i += 1
+        else:
+            overrides.append(tok)
+        i += 1
+    return parser.parse_args(prefix + flags + overrides)
 
 
 def build_cfg(config_file=None, opts=()):
@@ -33,6 +89,8 @@ def build_cfg(config_file=None, opts=()):
     """
     cfg = get_cfg()
     add_dataseg_config(cfg)
+    if config_file and not os.path.isfile(config_file):
+        raise ConfigError(f"config file not found: {config_file}")
     if config_file:
         try:
             cfg.merge_from_file(config_file)
@@ -65,8 +123,10 @@ def check_datasets(cfg):
                 close = difflib.get_close_matches(name, sorted(registered), n=5, cutoff=0.5)
                 hint = f" Did you mean: {', '.join(close)}?" if close else ""
                 raise ConfigError(
-                    f"DATASETS.{key}: dataset '{name}' is not registered.{hint} Register your "
-                    "own with the functions in dataseg.data.register (see README).")
+                    f"DATASETS.{key}: dataset '{name}' is not registered.{hint} Declare your "
+                    "own in a datasets YAML file (DATASETS.REGISTER or train_net.py --datasets "
+                    "FILE) or register them with dataseg.data.register (README, 'Your own "
+                    "data').")
     for key in ("TRAIN_RATIOS", "TRAIN_BATCH_SIZES", "TRAIN_LOSS_WEIGHTS", "TRAIN_AUGMENTATIONS",
                 "TRAIN_CROP_SIZES"):
         try:
@@ -75,9 +135,89 @@ def check_datasets(cfg):
             raise ConfigError(str(e)) from e
 
 
+def _resolve_dataset_file(path, config_file):
+    """A datasets file path: as given (absolute or from the cwd), else next to the config."""
+    path = os.path.expanduser(str(path))
+    candidates = [path]
+    if not os.path.isabs(path) and config_file:
+        candidates.append(os.path.join(os.path.dirname(os.path.abspath(config_file)), path))
+    for c in candidates:
+        if os.path.isfile(c):
+            return os.path.abspath(c)
+    raise ConfigError(f"DATASETS.REGISTER: datasets file not found: {path} (tried "
+                      f"{', '.join(os.path.abspath(c) for c in candidates)})")
+
+
+def register_config_datasets(cfg, config_file=None):
+    """Resolves cfg.DATASETS.REGISTER to absolute paths (in cfg) and registers their datasets.
+
+    Called in every process (train_net.py's main runs in each spawned rank); data-loader
+    workers register them through their init function (see dataseg.data.build).
+    """
+    files = [_resolve_dataset_file(p, config_file) for p in cfg.DATASETS.REGISTER]
+    cfg.DATASETS.REGISTER = tuple(files)
+    try:
+        return register_dataset_files(files)
+    except DatasetFileError as e:
+        raise ConfigError(str(e)) from e
+
+
+def setup_loggers(output_dir=None):
+    """Detectron2's and DaTaSeg's loggers: console (rank 0) and ``output_dir``/log.txt
+    (``log.txt.rank<N>`` for other ranks), as Detectron2's default_setup does for its own."""
+    rank = comm.get_rank()
+    setup_logger(output_dir, distributed_rank=rank, name="fvcore")
+    setup_logger(output_dir, distributed_rank=rank, name="dataseg", abbrev_name="dataseg")
+    return setup_logger(output_dir, distributed_rank=rank)
+
+
+def _default_setup(cfg, args):
+    """Detectron2's default_setup, with the DaTaSeg logger and --eval-only's config written as
+    ``config_eval.yaml`` (not over the training run's ``config.yaml`` in the same OUTPUT_DIR)."""
+    output_dir = cfg.OUTPUT_DIR
+    if comm.is_main_process() and output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+    rank = comm.get_rank()
+    d2_logger = setup_loggers(output_dir)
+    d2_logger.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
+    d2_logger.info("Environment info:\n%s", collect_env_info())
+    d2_logger.info("Command line arguments: %s", args)
+    if getattr(args, "config_file", ""):
+        with open(args.config_file) as f:
+            d2_logger.info("Contents of args.config_file=%s:\n%s", args.config_file, f.read())
+    if comm.is_main_process() and output_dir:
+        _remove_stale_temp_files(output_dir)
+        name = "config_eval.yaml" if getattr(args, "eval_only", False) else "config.yaml"
+        path = os.path.join(output_dir, name)
+        d2_logger.info("Running with full config:\n%s", cfg.dump())
+        atomic_write_bytes(path, cfg.dump().encode())
+        d2_logger.info("Full config saved to %s", path)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    if not getattr(args, "eval_only", False):
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+
+
+def _remove_stale_temp_files(output_dir):
+    """Removes temporary files an interrupted atomic write (checkpoint, summary) left behind."""
+    for tmp in glob.glob(os.path.join(glob.escape(output_dir), ".*.tmp")):
+        try:
+            os.unlink(tmp)
+            logger.info("removed a stale temporary file of an interrupted save: %s", tmp)
+        except OSError:
+            pass
+
+
 def setup_cfg(args):
-    """Builds, checks and freezes the config of a train_net.py run; Detectron2's default_setup."""
-    cfg = build_cfg(args.config_file, args.opts)
+    """Builds, checks and freezes the config of a train_net.py run; Detectron2's default_setup
+    (plus DaTaSeg's logger) and registration of the DATASETS.REGISTER files."""
+    opts = list(args.opts or [])
+    if getattr(args, "skip_preflight", False):
+        opts += ["DATASETS.PREFLIGHT", "False"]
+    cfg = build_cfg(args.config_file, opts)
+    datasets = list(getattr(args, "datasets", []) or [])
+    if datasets:
+        cfg.DATASETS.REGISTER = tuple(cfg.DATASETS.REGISTER) + tuple(datasets)
+    register_config_datasets(cfg, args.config_file)
     if _uses_synthetic(cfg):
         from dataseg.data.synthetic import ensure_generated, register_synthetic_world
 
@@ -86,5 +226,5 @@ def setup_cfg(args):
         ensure_generated(cfg)
     check_datasets(cfg)
     cfg.freeze()
-    default_setup(cfg, args)
+    _default_setup(cfg, args)
     return cfg

@@ -21,10 +21,12 @@ from detectron2.evaluation import (
 from detectron2.utils import comm
 
 from dataseg.data.dataset_info import get_dataset_info
+from dataseg.data.loading import as_ignore_region, is_maskless
 from dataseg.utils.atomic import atomic_write_bytes
 
-__all__ = ["EVALUATOR_TABLE", "build_evaluator", "summarize_results", "format_summary",
-           "detectron2_has_compiled_ops", "HEADLINE_METRICS"]
+__all__ = ["EVALUATOR_TABLE", "IgnoreRegionCOCOEvaluator", "build_evaluator",
+           "summarize_results", "format_summary", "detectron2_has_compiled_ops",
+           "HEADLINE_METRICS"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +48,35 @@ def _panoptic(name, output_dir, distributed):
     return COCOPanopticEvaluator(name, output_dir=output_dir)
 
 
+class IgnoreRegionCOCOEvaluator(COCOEvaluator):
+    """COCOEvaluator for instance jsons with mask-less annotations (no/empty ``segmentation``
+    or ``ignore``): they are scored as ignore regions (``iscrowd`` 1, box as the region), the
+    rule the instance loader applies (dataseg.data.loading.as_ignore_region). pycocotools
+    would otherwise fail on them, after the whole inference pass."""
+
+    def __init__(self, dataset_name, *args, **kwargs):
+        super().__init__(dataset_name, *args, **kwargs)
+        # Detectron2 exposes no hook to adjust the ground truth it loads; the COCO api object
+        # holds the annotation dicts (shared by .dataset and .anns), rewritten in place.
+        api = self._coco_api
+        count = 0
+        for ann in api.dataset.get("annotations", []):
+            if is_maskless(ann):
+                ann.update(as_ignore_region(ann))
+                ann.pop("ignore", None)
+                count += 1
+        if count:
+            logger.info("dataset '%s': %d ground-truth annotations without a mask are ignore "
+                        "regions in evaluation", dataset_name, count)
+
+
 def _coco(name, output_dir, distributed):
     info = get_dataset_info(name)
     # Box-only datasets have no masks to score; everything else gets mask and box AP.
     tasks = ("bbox",) if info.task == "box" else ("bbox", "segm")
-    return COCOEvaluator(name, tasks=tasks, distributed=distributed, output_dir=output_dir,
-                         use_fast_impl=detectron2_has_compiled_ops())
+    return IgnoreRegionCOCOEvaluator(name, tasks=tasks, distributed=distributed,
+                                     output_dir=output_dir,
+                                     use_fast_impl=detectron2_has_compiled_ops())
 
 
 EVALUATOR_TABLE: Dict[str, Callable[[str, str, bool], DatasetEvaluator]] = {

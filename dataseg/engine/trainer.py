@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from dataseg.engine.checkpoint import AtomicCheckpointer
 from dataseg.engine.evaluation import build_evaluator, write_summary
 from dataseg.engine.optimizer import build_lr_scheduler, build_optimizer
+from dataseg.engine.preflight import preflight
 from dataseg.utils.atomic import atomic_write_bytes
 
 __all__ = ["DaTaSegTrainer", "weights_checksum"]
@@ -75,15 +76,51 @@ class _WeightsSyncCheck(hooks.HookBase):
                 logger.info("all %d ranks ended with identical weights", len(checksums))
 
 
+def _is_backbone_group(group) -> bool:
+    return "backbone" in str(group.get("name", "")).split(".")
+
+
+class _BaseAndBackboneLR(hooks.LRScheduler):
+    """Detectron2's LRScheduler hook, logging the base lr as ``lr`` and the backbone's as
+    ``lr_backbone`` (Detectron2's heuristic logs the most common lr: the backbone's, 0.1x)."""
+
+    def before_train(self):
+        super().before_train()
+        base, backbone = self._lrs()
+        logger.info("Learning rates: base %.5g, backbone %.5g (SOLVER.BACKBONE_MULTIPLIER %g)",
+                    base, backbone if backbone is not None else float("nan"),
+                    self.trainer.cfg.SOLVER.BACKBONE_MULTIPLIER)
+
+    def _lrs(self):
+        groups = self._optimizer.param_groups
+        base = [g["lr"] for g in groups if not _is_backbone_group(g)]
+        backbone = [g["lr"] for g in groups if _is_backbone_group(g)]
+        return (max(base) if base else max(g["lr"] for g in groups),
+                max(backbone) if backbone else None)
+
+    def after_step(self):
+        base, backbone = self._lrs()
+        self.trainer.storage.put_scalar("lr", base, smoothing_hint=False)
+        if backbone is not None:
+            self.trainer.storage.put_scalar("lr_backbone", backbone, smoothing_hint=False)
+        self.scheduler.step()
+
+
 class DaTaSegTrainer(DefaultTrainer):
     def __init__(self, cfg):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
+            setup_logger(distributed_rank=comm.get_rank())
+        if not logging.getLogger("dataseg").handlers:  # train_net.py sets it up with log.txt
+            setup_logger(distributed_rank=comm.get_rank(), name="dataseg", abbrev_name="dataseg")
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        if cfg.DATASETS.PREFLIGHT:
+            # The train sets were just loaded by the train loader; check the test sets too, so
+            # an error in them stops the run now rather than after training.
+            preflight(cfg, keys=("TEST",))
         on_gpu = next(model.parameters()).is_cuda
         model = create_ddp_model(model, broadcast_buffers=False,
                                  device_ids=[comm.get_local_rank()] if on_gpu else None)
@@ -136,7 +173,9 @@ class DaTaSegTrainer(DefaultTrainer):
         return build_evaluator(dataset_name, output_folder, distributed=True)
 
     def build_hooks(self):
-        return super().build_hooks() + [_WeightsSyncCheck()]
+        ret = [_BaseAndBackboneLR() if type(h) is hooks.LRScheduler else h
+               for h in super().build_hooks()]
+        return ret + [_WeightsSyncCheck()]
 
     # ---------------------------------------------------------------- resume
     def state_dict(self):
