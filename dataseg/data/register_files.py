@@ -339,7 +339,6 @@ def register_dataset_files(paths: Sequence[str]) -> List[str]:
                 raise entry.error(None, str(e)) from e
             _REGISTERED_FROM[name] = path
             names.append(name)
-        logger.info("Registered %d datasets from %s", len(names), path)
     return names
 
 

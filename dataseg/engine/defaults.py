@@ -217,7 +217,7 @@ def setup_cfg(args):
     datasets = list(getattr(args, "datasets", []) or [])
     if datasets:
         cfg.DATASETS.REGISTER = tuple(cfg.DATASETS.REGISTER) + tuple(datasets)
-    register_config_datasets(cfg, args.config_file)
+    registered = register_config_datasets(cfg, args.config_file)
     if _uses_synthetic(cfg):
         from dataseg.data.synthetic import ensure_generated, register_synthetic_world
 
@@ -227,4 +227,7 @@ def setup_cfg(args):
     check_datasets(cfg)
     cfg.freeze()
     _default_setup(cfg, args)
+    if registered:
+        logger.info("Registered %d datasets from %s: %s", len(registered),
+                    ", ".join(cfg.DATASETS.REGISTER), ", ".join(registered))
     return cfg

@@ -133,7 +133,8 @@ def write_summary(results: Dict[str, Dict], output_dir: str) -> List[Dict]:
         return rows
     table = format_summary(rows)
     logger.info("Evaluation summary:\n%s", table)
-    print("\nEvaluation summary\n" + table, flush=True)
+    if not logging.getLogger("dataseg").handlers:  # no log set up (train_net.py sets one up)
+        print("\nEvaluation summary\n" + table, flush=True)
     if output_dir:
         full = OrderedDict((k, {g: dict(v) for g, v in r.items()}) for k, r in results.items())
         atomic_write_bytes(os.path.join(output_dir, "eval_summary.json"),
