@@ -44,12 +44,12 @@ def _unreadable_reason(filename, error) -> str:
     size = os.path.getsize(filename)
     if size == 0:
         return "the file is empty"
+    if head == _ZIP_MAGIC and "Unsupported global" in str(error):
+        return ("it holds Python objects other than tensors and plain values, which are not "
+                "loaded from a file that could run code; re-save it as a state dict")
     if head == _ZIP_MAGIC:
         return (f"a truncated or corrupt PyTorch checkpoint ({size} bytes; was its copy or save "
                 "interrupted?)")
-    if "weights_only" in str(error) or "Unsupported global" in str(error):
-        return ("it holds Python objects other than tensors and plain values, which are not "
-                "loaded from a file that could run code; re-save it as a state dict")
     return (f"not a PyTorch checkpoint ({size} bytes starting with {head!r}; expected a "
             "torch.save file, or a Detectron2 .pkl)")
 
