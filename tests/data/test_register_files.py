@@ -165,3 +165,20 @@ def test_data_loader_worker_in_a_fresh_process_registers_the_files(layout):
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert b"['car', 'road']" in out.stdout
     assert "w_pan" not in DatasetCatalog.list()  # this process was not touched
+
+
+def test_config_register_paths_resolve_from_the_cwd_then_the_config_folder(layout, tmp_path,
+                                                                          monkeypatch):
+    from dataseg.engine.defaults import ConfigError, build_cfg, register_config_datasets
+
+    write(layout, "- {name: c_pan, task: panoptic, image_root: img, panoptic_root: pan,"
+                  " panoptic_json: pan.json}\n", name="mine.yaml")
+    config = layout / "train.yaml"
+    config.write_text("DATASETS:\n  REGISTER: ('mine.yaml',)\n  TEST: ('c_pan',)\n")
+    monkeypatch.chdir(tmp_path.parent)  # not the config's folder
+    cfg = build_cfg(str(config))
+    assert register_config_datasets(cfg, str(config)) == ["c_pan"]
+    assert cfg.DATASETS.REGISTER == (str(layout / "mine.yaml"),)
+    cfg = build_cfg(str(config), ["DATASETS.REGISTER", "('other.yaml',)"])
+    with pytest.raises(ConfigError, match="datasets file not found: other.yaml"):
+        register_config_datasets(cfg, str(config))

@@ -160,3 +160,12 @@ def test_preflight_stops_a_run_whose_test_set_lacks_a_label(datasets_yaml):
     assert str(missing) in err[-1]
     assert "Traceback" not in proc.stderr
     assert not (out / "metrics.json").exists()  # no iteration ran
+
+    # --skip-preflight: training runs, and the same error surfaces only at evaluation
+    out = tmp / "no_preflight"
+    proc = train_net(["--config-file", QUICKSTART, "--datasets", str(path), "--datasets",
+                      str(broken), "--skip-preflight"]
+                     + tiny_opts(tmp, out, max_iter=1, train=TRAIN, test=("my_broken_val",)),
+                     check=False)
+    assert proc.returncode != 0 and (out / "metrics.json").is_file()
+    assert str(missing) in proc.stderr.strip().splitlines()[-1]
