@@ -66,9 +66,10 @@ def cli(argv=None):
         sys.exit(f"train_net.py: error: {e}")
     except ProcessRaisedException as e:  # a spawned rank failed (--num-gpus > 1)
         last = str(e).strip().splitlines()[-1]
-        if any(last.startswith(f"{c.__module__}.{c.__name__}:") or last.startswith(c.__name__)
-               for c in _error_classes()):
-            sys.exit(f"train_net.py: error: {last.split(': ', 1)[-1]}")
+        for c in _error_classes():
+            if last.startswith(f"{c.__module__}.{c.__name__}:"):
+                what = "config error" if issubclass(c, ConfigError) else "error"
+                sys.exit(f"train_net.py: {what}: {last.split(': ', 1)[-1]}")
         raise
 
 

@@ -62,6 +62,8 @@ PATH_KEYS = ("image_root", "sem_seg_root", "panoptic_root", "panoptic_json", "js
 JSON_KEY = {"panoptic": "panoptic_json", "instance": "json_file", "box": "json_file"}
 VOCAB_KEY = {"semantic": "class_names", "panoptic": "categories", "instance": "categories",
              "box": "categories"}
+# Above this size a json's categories are found by a scan instead of parsing the whole file.
+_SMALL_JSON_BYTES = 64 << 20
 _SYNONYM_SPLIT = re.compile(r"\s*\|\s*|,\s+")
 
 # name -> absolute path of the datasets file that registered it (in this process).
@@ -121,7 +123,7 @@ def json_categories(path: str) -> List[dict]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"json file not found: {path}")
-    if os.path.getsize(path) < 64 << 20:
+    if os.path.getsize(path) < _SMALL_JSON_BYTES:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         if not isinstance(data, dict) or not isinstance(data.get("categories"), list):

@@ -182,3 +182,19 @@ def test_config_register_paths_resolve_from_the_cwd_then_the_config_folder(layou
     cfg = build_cfg(str(config), ["DATASETS.REGISTER", "('other.yaml',)"])
     with pytest.raises(ConfigError, match="datasets file not found: other.yaml"):
         register_config_datasets(cfg, str(config))
+
+
+def test_categories_of_a_large_json_are_found_without_parsing_it_whole(tmp_path, monkeypatch):
+    from dataseg.data.register_files import json_categories
+
+    monkeypatch.setattr(register_files, "_SMALL_JSON_BYTES", 0)
+    path = tmp_path / "big.json"
+    data = {"images": [{"id": 1, "file_name": "categories.jpg", "height": 2, "width": 2}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1],
+                             "note": '"categories": 5'}],
+            "categories": COCO_CATS}
+    path.write_text(json.dumps(data))
+    assert json_categories(str(path)) == COCO_CATS
+    path.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(ValueError, match="has no 'categories' list"):
+        json_categories(str(path))
