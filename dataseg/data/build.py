@@ -24,7 +24,7 @@ from .sampler import MultiDatasetBatchSampler
 logger = logging.getLogger(__name__)
 
 __all__ = ["build_multi_dataset_train_loader", "build_test_loader", "get_train_dataset_dicts",
-           "TestLoader"]
+           "InferenceLoader"]
 
 
 class _FallbackPool(Sequence):
@@ -122,7 +122,7 @@ def _drop_skipped(batch):
     return [x for x in batch if x is not None]
 
 
-class TestLoader:
+class InferenceLoader:
     """Batches of one mapped test record each; records the mapper skips as bad
     (DATASETS.SKIP_BAD_RECORDS) are left out, not replaced, so the evaluator never sees an
     image twice. ``num_skipped`` counts them (this process) and one warning reports it."""
@@ -147,12 +147,12 @@ class TestLoader:
                            self.dataset_name, self.num_skipped, len(self.loader))
 
 
-def build_test_loader(cfg, dataset_name: str) -> TestLoader:
+def build_test_loader(cfg, dataset_name: str) -> InferenceLoader:
     """Batch-1 test loader over Detectron2's InferenceSampler with DaTaSeg's test mapper.
 
     Same pieces as the train loader (records as a DatasetFromList, the mapper applied per
     item, worker init registering DATASETS.REGISTER files); bad records are left out with a
-    count (see :class:`TestLoader`) rather than replaced by others as in training.
+    count (see :class:`InferenceLoader`) rather than replaced by others as in training.
     """
     set_skip_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS)
     dicts = DatasetCatalog.get(dataset_name)
@@ -164,7 +164,7 @@ def build_test_loader(cfg, dataset_name: str) -> TestLoader:
         dataset, batch_size=1, sampler=InferenceSampler(len(dataset)), drop_last=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_drop_skipped,
         worker_init_fn=RegisterDatasetFiles(cfg.DATASETS.REGISTER))
-    return TestLoader(loader, dataset_name)
+    return InferenceLoader(loader, dataset_name)
 
 
 class _MapOnly(torch.utils.data.Dataset):
