@@ -147,6 +147,11 @@ def test_bad_weight_files_give_clear_errors(tmp_path):
     torch.save({"model": {"conv1.weight": torch.zeros(8, 3, 7, 7)}}, str(bad))
     with pytest.raises(NotAViTCheckpointError, match="resnet.pth is not a ViT checkpoint"):
         load_vit_checkpoint(tiny_vit(), str(bad))
+    dataseg = tmp_path / "model_final.pth"
+    vit_sd = {f"backbone.vit.{k}": v for k, v in tiny_vit().state_dict().items()}
+    torch.save({"model": dict(vit_sd, **{"pixel_decoder.x": torch.zeros(1)})}, str(dataseg))
+    with pytest.raises(NotAViTCheckpointError, match="give it as MODEL.WEIGHTS"):
+        load_vit_checkpoint(tiny_vit(), str(dataseg))
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         load_vit_checkpoint(tiny_vit(), str(tmp_path / "nothere.pth"))
     junk = tmp_path / "junk.pth"

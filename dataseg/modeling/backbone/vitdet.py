@@ -258,9 +258,12 @@ def convert_vit_state_dict(sd: Dict[str, torch.Tensor], grid: int,
     """
     if "patch_embed.proj.weight" not in sd or not any(k.startswith("blocks.") for k in sd):
         some = sorted(sd)[:8]
+        hint = ""
+        if any(k.startswith("backbone.vit.") for k in sd):
+            hint = " It looks like a DaTaSeg checkpoint: give it as MODEL.WEIGHTS instead."
         raise NotAViTCheckpointError(
             f"{path} is not a ViT checkpoint: no 'patch_embed.proj.weight' and 'blocks.N.*' "
-            f"keys (MAE / timm ViT layout expected); its first keys are {some}")
+            f"keys (MAE / timm ViT layout expected); its first keys are {some}.{hint}")
     out, dropped, info = {}, [], {}
     for k, v in sd.items():
         if k.startswith(_UNUSED_PREFIXES):
