@@ -18,6 +18,7 @@ from dataseg.modeling.backbone.vitdet import (
     NotAViTCheckpointError,
     ViT,
     ViTDetBackbone,
+    convert_vit_state_dict,
     load_vit_checkpoint,
     window_partition,
     window_unpartition,
@@ -140,6 +141,22 @@ def test_loads_mae_layout_through_the_config(tmp_path):
     backbone = build_backbone(cfg, ShapeSpec(channels=3))
     _check_loaded(backbone.vit, backbone.load_report, src)
     assert "decoder_embed.weight" in backbone.load_report["unused"]
+
+
+def test_sam_layout_nhwc_pos_embed_and_module_prefix(tmp_path):
+    # timm's SAM ViT stores pos_embed as (1, g, g, C) with no prefix token
+    src = _timm_vit().state_dict()
+    grid = src["pos_embed"][:, 1:].reshape(1, 4, 4, DIM)
+    out, info = convert_vit_state_dict({"patch_embed.proj.weight": src["patch_embed.proj.weight"],
+                                        "blocks.0.norm1.weight": src["blocks.0.norm1.weight"],
+                                        "pos_embed": grid}, grid=6)
+    assert info["pos_embed_from"] == (4, 4) and info["pos_embed_prefix_tokens"] == 0
+    assert torch.allclose(out["pos_embed"], _expected_pos(src["pos_embed"], 4, 6), atol=1e-5)
+    # DDP-saved files: every key under "module."
+    path = tmp_path / "ddp.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.items()}}, str(path))
+    vit = tiny_vit()
+    _check_loaded(vit, load_vit_checkpoint(vit, str(path)), src)
 
 
 def test_bad_weight_files_give_clear_errors(tmp_path):
