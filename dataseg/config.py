@@ -125,6 +125,61 @@ def add_dataseg_config(cfg):
     # Freeze the stem and the first N stages (0 = train all).
     cfg.MODEL.EFFICIENTNET.FREEZE_AT = 0
 
+    # ------------------------------- ViTDet backbone, paper pixel decoders, class head
+    # (issue 10; one block so merges stay easy)
+    # Which pixel decoder (pixel_decoder.build_pixel_decoder): "msdeform" (Mask2Former's
+    # deformable encoder + FPN, default), "transformer_fpn" (the paper's ResNet decoder:
+    # MaskFormer's transformer encoder on the coarsest level + FPN; paper: NORM "LN",
+    # ACTIVATION "gelu") or "vitdet_sum" (the paper's ViTDet decoder: the backbone's pyramid
+    # levels feed the transformer decoder, F = sum of all levels upsampled to stride 4). For
+    # every decoder DEFORM_IN_FEATURES are the levels given to the transformer decoder and
+    # FUSE_IN_FEATURES the finer ones used only for F.
+    cfg.MODEL.DATASEG.PIXEL_DECODER.NAME = "msdeform"
+    # Activation of the pixel decoder's FPN convs and encoder FFNs: "relu" (M2F default) or
+    # "gelu" (paper, ResNet decoder). PIXEL_DECODER.NORM (FPN convs, input projections) takes
+    # "GN", "LN" (LayerNorm over channels), "" (none) or any Detectron2 norm name.
+    cfg.MODEL.DATASEG.PIXEL_DECODER.ACTIVATION = "relu"
+    # Class embedding head on each query: "linear_relu_linear" (linear + ReLU + a linear
+    # projection into the text space; this project's default) or "linear_relu" (paper: "a
+    # linear layer followed by ReLU").
+    cfg.MODEL.DATASEG.CLASS_HEAD = "linear_relu_linear"
+    # Layer-wise lr decay of ViT backbones (ViTDet: 0.7 for B, 0.8 for L; 1.0 = off): block i
+    # (1-based) gets LAYER_DECAY ** (depth + 1 - i), patch/position embeddings
+    # LAYER_DECAY ** (depth + 1), the rest of the backbone 1; all times BACKBONE_MULTIPLIER.
+    cfg.SOLVER.LAYER_DECAY = 1.0
+    # ViTDet backbone (MODEL.BACKBONE.NAME = "build_vitdet_backbone"); defaults are ViTDet-B
+    # (Li et al. 2022); ViTDet-L values are in configs/dataseg_vitdet_l.yaml.
+    cfg.MODEL.VIT = CN()
+    # Image side the absolute position embedding was pretrained at (MAE: 224); it is
+    # interpolated (bicubic) to every input's token grid.
+    cfg.MODEL.VIT.PRETRAIN_IMG_SIZE = 224
+    # Training image side (ViTDet: 1024, LSJ); sets the global blocks' relative-position table
+    # length, interpolated to other sizes at run time.
+    cfg.MODEL.VIT.IMG_SIZE = 1024
+    # Patch size, width, depth, heads, MLP ratio, qkv bias (ViT-B: 16, 768, 12, 12, 4, True).
+    cfg.MODEL.VIT.PATCH_SIZE = 16
+    cfg.MODEL.VIT.EMBED_DIM = 768
+    cfg.MODEL.VIT.DEPTH = 12
+    cfg.MODEL.VIT.NUM_HEADS = 12
+    cfg.MODEL.VIT.MLP_RATIO = 4.0
+    cfg.MODEL.VIT.QKV_BIAS = True
+    # Window side in tokens of the windowed blocks (ViTDet: 14) and the blocks with global
+    # attention (ViTDet-B: 2, 5, 8, 11; ViTDet-L: 5, 11, 17, 23).
+    cfg.MODEL.VIT.WINDOW_SIZE = 14
+    cfg.MODEL.VIT.GLOBAL_BLOCKS = [2, 5, 8, 11]
+    # Decomposed relative position biases in every block (ViTDet: True).
+    cfg.MODEL.VIT.USE_REL_POS = True
+    # Stochastic depth of the last block, rising linearly from 0 (ViTDet: 0.1 B, 0.4 L).
+    cfg.MODEL.VIT.DROP_PATH_RATE = 0.1
+    # Recompute block activations in the backward pass (less GPU memory, slower steps).
+    cfg.MODEL.VIT.ACTIVATION_CHECKPOINT = False
+    # Simple feature pyramid: channels and levels (res2..res5 = strides 4..32; ViTDet: 256).
+    cfg.MODEL.VIT.OUT_CHANNELS = 256
+    cfg.MODEL.VIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Pretrained ViT weights: a local MAE (.pth, "model" dict) or timm (.pth/.safetensors) file,
+    # converted on load ("" = random init). MODEL.WEIGHTS, when set, is loaded afterwards.
+    cfg.MODEL.VIT.WEIGHTS = ""
+
     # ------------------------------------------------------------------ datasets
     # Per training dataset (same order as DATASETS.TRAIN); empty = defaults.
     # Sampling ratio of each dataset (normalised; empty = equal).

@@ -6,9 +6,13 @@ embeddings (query features/positions, level embeddings, the background class emb
 SOLVER.WEIGHT_DECAY_EMBED (both 0 by default). SOLVER.CLIP_GRADIENTS with CLIP_TYPE
 "full_model" clips the norm of all gradients together (Mask2Former's choice); "value" and
 "norm" keep Detectron2's per-parameter behaviour.
+
+ViT backbones (a backbone with ``num_layers``) get ViTDet's layer-wise lr decay when
+SOLVER.LAYER_DECAY < 1 (``vit_lr_decay_rate``); SOLVER.WEIGHT_DECAY_BIAS, when set, is the
+weight decay of every bias (ViTDet configs: 0, with norms and position embeddings also at 0).
 """
 import itertools
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
@@ -16,7 +20,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 
-__all__ = ["build_optimizer", "build_lr_scheduler", "param_groups"]
+__all__ = ["build_optimizer", "build_lr_scheduler", "param_groups", "vit_lr_decay_rate"]
 
 NORM_TYPES = (
     torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
@@ -35,9 +39,30 @@ def _is_embedding(param_name, module):
     return isinstance(module, torch.nn.Embedding) or param_name not in ("weight", "bias")
 
 
+def vit_lr_decay_rate(name: str, num_layers: int, decay: float) -> float:
+    """ViTDet's layer-wise lr decay multiplier of parameter ``name`` (full model name).
+
+    Backbone patch/position embeddings are layer 0, ``...blocks.<i>.`` is layer i + 1, anything
+    else (the feature pyramid, the rest of the model) layer num_layers + 1; the multiplier is
+    decay ** (num_layers + 1 - layer).
+    """
+    layer = num_layers + 1
+    if "backbone" in name.split("."):
+        if ".pos_embed" in name or ".patch_embed" in name:
+            layer = 0
+        elif ".blocks." in name:
+            layer = int(name[name.find(".blocks."):].split(".")[2]) + 1
+    return decay ** (num_layers + 1 - layer)
+
+
 def param_groups(model, *, base_lr, weight_decay, weight_decay_norm, weight_decay_embed,
-                 backbone_multiplier) -> List[Dict[str, Any]]:
-    """One group per trainable parameter with its learning rate and weight decay."""
+                 backbone_multiplier, layer_decay: float = 1.0, num_layers: int = 0,
+                 weight_decay_bias: Optional[float] = None) -> List[Dict[str, Any]]:
+    """One group per trainable parameter with its learning rate and weight decay.
+
+    ``layer_decay`` < 1 scales backbone learning rates by ``vit_lr_decay_rate`` over
+    ``num_layers`` transformer blocks; ``weight_decay_bias`` (None = WEIGHT_DECAY) applies to
+    every bias outside norms."""
     groups, seen = [], set()
     for module_name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
@@ -45,14 +70,19 @@ def param_groups(model, *, base_lr, weight_decay, weight_decay_norm, weight_deca
                 continue
             seen.add(param)
             lr, wd = base_lr, weight_decay
+            full_name = f"{module_name}.{param_name}".lstrip(".")
             if "backbone" in module_name.split("."):
                 lr = lr * backbone_multiplier
+                if layer_decay != 1.0:
+                    lr = lr * vit_lr_decay_rate(full_name, num_layers, layer_decay)
             if _is_norm(module):
                 wd = weight_decay_norm
             elif _is_embedding(param_name, module):
                 wd = weight_decay_embed
+            elif param_name == "bias" and weight_decay_bias is not None:
+                wd = weight_decay_bias
             groups.append({"params": [param], "lr": lr, "weight_decay": wd,
-                           "name": f"{module_name}.{param_name}".lstrip(".")})
+                           "name": full_name})
     return groups
 
 
@@ -69,12 +99,28 @@ def _full_model_clipping(optimizer_cls, max_norm):
     return FullModelClipping
 
 
+def _layer_decay_args(cfg, model) -> Dict[str, Any]:
+    """SOLVER.LAYER_DECAY and the backbone depth it needs (an error for non-ViT backbones)."""
+    decay = cfg.SOLVER.get("LAYER_DECAY", 1.0)
+    if decay == 1.0:
+        return {}
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"SOLVER.LAYER_DECAY must be in (0, 1], got {decay}")
+    backbone = getattr(getattr(model, "module", model), "backbone", None)
+    num_layers = getattr(backbone, "num_layers", None)
+    if num_layers is None:
+        raise ValueError(f"SOLVER.LAYER_DECAY={decay} needs a ViT backbone (one with "
+                         f"'num_layers'); {type(backbone).__name__} has none: set it to 1.0")
+    return {"layer_decay": decay, "num_layers": int(num_layers)}
+
+
 def build_optimizer(cfg, model):
     groups = param_groups(
         model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         weight_decay_embed=cfg.SOLVER.WEIGHT_DECAY_EMBED,
-        backbone_multiplier=cfg.SOLVER.BACKBONE_MULTIPLIER)
+        backbone_multiplier=cfg.SOLVER.BACKBONE_MULTIPLIER,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS, **_layer_decay_args(cfg, model))
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "ADAMW":
         optimizer_cls, kwargs = torch.optim.AdamW, {"betas": (0.9, 0.999)}

@@ -16,7 +16,7 @@ from torch import nn
 from ..config import per_train_dataset
 from .criterion import SetCriterion
 from .merge import merge_for_task
-from .pixel_decoder import MSDeformAttnPixelDecoder
+from .pixel_decoder import build_pixel_decoder
 from .postprocessing import (
     instance_inference,
     panoptic_inference,
@@ -89,7 +89,7 @@ class DaTaSeg(nn.Module):
         d = cfg.MODEL.DATASEG
         text_dim = text_dim_from_cfg(cfg)
         backbone = build_backbone(cfg)
-        pixel_decoder = MSDeformAttnPixelDecoder(cfg, backbone.output_shape())
+        pixel_decoder = build_pixel_decoder(cfg, backbone.output_shape())
         return {
             "backbone": backbone,
             "pixel_decoder": pixel_decoder,

@@ -6,11 +6,30 @@ logit_k = <normalize(e), t_k> / temperature, with ``e`` the class embedding (nor
 ``normalize_class_embed``) and ``t_k`` the text embedding (the background embedding is
 normalised too). The text embeddings are an input, not a parameter, so the same weights serve
 any vocabulary.
+
+``build_class_head`` makes the per-query class embedding head (MODEL.DATASEG.CLASS_HEAD).
 """
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
+
+CLASS_HEADS = ("linear_relu", "linear_relu_linear")
+
+
+def build_class_head(kind: str, hidden_dim: int, text_dim: int) -> nn.Sequential:
+    """Query features (..., hidden_dim) -> class embeddings (..., text_dim).
+
+    "linear_relu" (paper): Linear(hidden, text) + ReLU; its outputs are non-negative, so after
+    normalisation they can only point into the positive orthant of the text space.
+    "linear_relu_linear": Linear(hidden, hidden) + ReLU + Linear(hidden, text).
+    """
+    if kind == "linear_relu":
+        return nn.Sequential(nn.Linear(hidden_dim, text_dim), nn.ReLU())
+    if kind == "linear_relu_linear":
+        return nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+                             nn.Linear(hidden_dim, text_dim))
+    raise ValueError(f"MODEL.DATASEG.CLASS_HEAD: {kind!r} is not one of {list(CLASS_HEADS)}")
 
 
 class TextEmbeddingClassifier(nn.Module):

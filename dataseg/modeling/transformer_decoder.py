@@ -14,6 +14,7 @@ from detectron2.config import configurable
 from torch import nn
 
 from .position_encoding import PositionEmbeddingSine
+from .text_classifier import build_class_head
 
 
 class MLP(nn.Module):
@@ -82,7 +83,8 @@ class MaskedAttentionDecoder(nn.Module):
     def __init__(self, *, in_channels: int, text_dim: int, num_queries: int = 100,
                  hidden_dim: int = 256, nheads: int = 8, dim_feedforward: int = 2048,
                  dec_layers: int = 9, mask_dim: int = 256, num_feature_levels: int = 3,
-                 dropout: float = 0.0, pre_norm: bool = False):
+                 dropout: float = 0.0, pre_norm: bool = False,
+                 class_head: str = "linear_relu_linear"):
         super().__init__()
         self.num_queries = num_queries
         self.nheads = nheads
@@ -108,10 +110,10 @@ class MaskedAttentionDecoder(nn.Module):
         self.ffn_layers = nn.ModuleList(
             FFNLayer(hidden_dim, dim_feedforward, dropout, pre_norm) for _ in range(dec_layers))
         self.decoder_norm = nn.LayerNorm(hidden_dim)
-        # class embedding head: linear + ReLU, then a linear projection into the text space
-        # (a ReLU output alone is non-negative and could not align with most text directions)
-        self.class_embed = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
-                                         nn.Linear(hidden_dim, text_dim))
+        # class embedding head (MODEL.DATASEG.CLASS_HEAD): the paper's linear + ReLU, or that
+        # followed by a linear projection into the text space (a ReLU output alone is
+        # non-negative and cannot align with most text directions)
+        self.class_embed = build_class_head(class_head, hidden_dim, text_dim)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
     @classmethod
@@ -122,7 +124,7 @@ class MaskedAttentionDecoder(nn.Module):
                 "nheads": d.NHEADS, "dim_feedforward": d.DIM_FEEDFORWARD,
                 "dec_layers": d.DEC_LAYERS, "mask_dim": d.MASK_DIM,
                 "num_feature_levels": len(d.PIXEL_DECODER.DEFORM_IN_FEATURES),
-                "dropout": d.DROPOUT, "pre_norm": d.PRE_NORM}
+                "dropout": d.DROPOUT, "pre_norm": d.PRE_NORM, "class_head": d.CLASS_HEAD}
 
     def _attn_mask(self, mask_logits_small: torch.Tensor) -> torch.Tensor:
         """(B, N, h, w) logits at the target scale -> (B*heads, N, h*w) bool, True = blocked.

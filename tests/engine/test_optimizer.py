@@ -1,0 +1,73 @@
+"""Layer-wise lr decay (ViTDet's rule) and weight decay groups of the optimizer builder."""
+from pathlib import Path
+
+import pytest
+from detectron2.modeling import build_model
+
+import dataseg.modeling  # noqa: F401  (registers DaTaSeg and the backbones)
+from dataseg.engine import build_cfg
+from dataseg.engine.optimizer import build_optimizer, vit_lr_decay_rate
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = str(REPO / "configs" / "quickstart_vitdet_tiny.yaml")
+BASE_LR, WD = 0.0003, 0.05
+
+
+def test_decay_rate_rule_by_hand():
+    # 12 blocks, decay 0.7: embeddings get 0.7^13, block i gets 0.7^(12 - i), the rest 1
+    assert vit_lr_decay_rate("backbone.vit.pos_embed", 12, 0.7) == pytest.approx(0.7 ** 13)
+    assert vit_lr_decay_rate("backbone.vit.patch_embed.proj.weight", 12, 0.7) == \
+        pytest.approx(0.0096889010407)  # 0.7 ** 13
+    assert vit_lr_decay_rate("backbone.vit.blocks.0.attn.qkv.weight", 12, 0.7) == \
+        pytest.approx(0.7 ** 12)
+    assert vit_lr_decay_rate("backbone.vit.blocks.11.mlp.fc1.bias", 12, 0.7) == pytest.approx(0.7)
+    # ViT-L: block 10 is layer 11 of 24, so 0.8^(25 - 11)
+    assert vit_lr_decay_rate("backbone.vit.blocks.10.norm1.weight", 24, 0.8) == \
+        pytest.approx(0.8 ** 14)
+    assert vit_lr_decay_rate("backbone.pyramid.stages.res2.0.weight", 12, 0.7) == 1.0
+    assert vit_lr_decay_rate("transformer_decoder.query_feat.weight", 12, 0.7) == 1.0
+
+
+def _groups(cfg):
+    model = build_model(cfg)
+    opt = build_optimizer(cfg, model)
+    return {g["name"]: g for g in opt.param_groups}
+
+
+def test_tiny_vit_groups_hold_the_expected_multipliers():
+    cfg = build_cfg(TINY, ["MODEL.DATASEG.CLASSIFIER.TEXT_DIM", 16, "SOLVER.BASE_LR", BASE_LR,
+                           "SOLVER.WEIGHT_DECAY", WD, "SOLVER.BACKBONE_MULTIPLIER", 0.5])
+    assert cfg.SOLVER.LAYER_DECAY == 0.7 and cfg.MODEL.VIT.DEPTH == 4
+    g = _groups(cfg)
+    lr = {n: x["lr"] / BASE_LR for n, x in g.items()}
+    # depth 4: embeddings 0.7^5, block i 0.7^(4 - i), pyramid 1 (times the multiplier 0.5)
+    assert lr["backbone.vit.pos_embed"] == pytest.approx(0.5 * 0.7 ** 5)
+    assert lr["backbone.vit.patch_embed.proj.weight"] == pytest.approx(0.5 * 0.7 ** 5)
+    for i in range(4):
+        for p in ("norm1.weight", "attn.qkv.weight", "attn.rel_pos_h", "mlp.fc2.bias"):
+            assert lr[f"backbone.vit.blocks.{i}.{p}"] == pytest.approx(0.5 * 0.7 ** (4 - i))
+    pyramid = [n for n in lr if n.startswith("backbone.pyramid.")]
+    assert pyramid and all(lr[n] == pytest.approx(0.5) for n in pyramid)
+    rest = [n for n in lr if not n.startswith("backbone.")]
+    assert rest and all(lr[n] == pytest.approx(1.0) for n in rest)
+    # no weight decay on norms, biases, position embeddings and relative-position tables
+    wd = {n: x["weight_decay"] for n, x in g.items()}
+    for n in ("backbone.vit.pos_embed", "backbone.vit.blocks.0.attn.rel_pos_w",
+              "backbone.vit.blocks.2.norm2.weight", "backbone.vit.blocks.2.norm2.bias",
+              "backbone.vit.blocks.1.attn.qkv.bias", "backbone.vit.patch_embed.proj.bias",
+              "pixel_decoder.decoder_proj.0.bias", "backbone.pyramid.stages.res3.2.weight"):
+        assert wd[n] == 0.0, n
+    for n in ("backbone.vit.blocks.1.attn.qkv.weight", "backbone.vit.patch_embed.proj.weight",
+              "transformer_decoder.class_embed.0.weight"):
+        assert wd[n] == WD, n
+
+
+def test_layer_decay_off_and_on_a_resnet():
+    cfg = build_cfg(TINY, ["MODEL.DATASEG.CLASSIFIER.TEXT_DIM", 16, "SOLVER.LAYER_DECAY", 1.0,
+                           "SOLVER.BASE_LR", BASE_LR])
+    assert {x["lr"] for n, x in _groups(cfg).items()} == {BASE_LR}
+    cfg = build_cfg(str(REPO / "configs" / "quickstart.yaml"),
+                    ["MODEL.DATASEG.CLASSIFIER.TEXT_DIM", 16, "SOLVER.LAYER_DECAY", 0.7,
+                     "MODEL.EFFICIENTNET.PRETRAINED", False])
+    with pytest.raises(ValueError, match="LAYER_DECAY=0.7 needs a ViT backbone"):
+        _groups(cfg)
