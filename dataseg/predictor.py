@@ -43,7 +43,7 @@ from dataseg.modeling.meta_arch import TASKS, default_vocabulary_from_cfg
 from dataseg.text import embed_vocabulary, text_encoder_kwargs_from_cfg
 
 __all__ = ["Vocabulary", "VocabularyError", "parse_vocabulary", "load_vocabulary_file",
-           "as_vocabulary", "vocabulary_metadata", "DaTaSegPredictor"]
+           "as_vocabulary", "vocabulary_metadata", "DaTaSegPredictor", "predictor_from_args"]
 
 STUFF_MARK, THING_MARK = "stuff", "thing"
 
@@ -193,6 +193,12 @@ class DaTaSegPredictor:
                  task: Optional[str] = None, dataset: Optional[str] = None, model=None):
         self.cfg = cfg.clone()
         self.cfg.freeze()
+        # validate the vocabulary before the (slow) model build
+        if vocabulary is not None:
+            vocabulary = as_vocabulary(vocabulary, stuff)
+            stuff = None
+        elif dataset:
+            get_dataset_info(dataset)
         if model is None:
             model = build_model(self.cfg)
             if self.cfg.MODEL.WEIGHTS:
@@ -269,3 +275,21 @@ class DaTaSegPredictor:
         ``self.metadata.thing_classes`` / ``stuff_classes``)."""
         with torch.no_grad():
             return self.model([self.preprocess(original_image)])[0]
+
+
+def predictor_from_args(cfg, vocab: Optional[str] = None, vocab_file: Optional[str] = None,
+                        dataset: Optional[str] = None, task: Optional[str] = None,
+                        model=None) -> DaTaSegPredictor:
+    """The vocabulary options of demo/demo.py and tools/export_model.py: at most one of
+    ``vocab`` (text), ``vocab_file`` (path) and ``dataset`` (registered name); none = the
+    config's default vocabulary. Raises VocabularyError / KeyError with a one-line message."""
+    given = [n for n, v in (("--vocab", vocab), ("--vocab-file", vocab_file),
+                            ("--dataset", dataset)) if v is not None]
+    if len(given) > 1:
+        raise VocabularyError(f"give only one of {', '.join(given)}")
+    if vocab is not None:
+        return DaTaSegPredictor(cfg, vocabulary=parse_vocabulary(vocab), task=task, model=model)
+    if vocab_file is not None:
+        return DaTaSegPredictor(cfg, vocabulary=load_vocabulary_file(vocab_file), task=task,
+                                model=model)
+    return DaTaSegPredictor(cfg, dataset=dataset, task=task, model=model)
