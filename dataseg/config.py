@@ -100,6 +100,10 @@ def add_dataseg_config(cfg):
     cfg.MODEL.DATASEG.TEST.INSTANCES_PER_IMAGE = 100
     # Force one task for every test set ("" = each dataset's own task from its metadata).
     cfg.MODEL.DATASEG.TEST.TASK = ""
+    # --- Inference for inputs without "dataset_name" (DefaultPredictor, demo, export). ---
+    # Registered dataset whose vocabulary (and, when TEST.TASK is "", task) such inputs use
+    # ("" = the first of DATASETS.TEST; empty both = such inputs raise, naming this key).
+    cfg.MODEL.DATASEG.TEST.VOCABULARY = ""
 
     # ------------------------------------------------------------ text encoder
     cfg.MODEL.TEXT_ENCODER = CN()

@@ -4,9 +4,10 @@ Read it through ``get_dataset_info(name)`` rather than poking at ``MetadataCatal
 dataset registered without the keys DaTaSeg needs fails with a message naming the dataset and key.
 """
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from detectron2.data import MetadataCatalog
+from detectron2.utils.colormap import colormap
 
 TASKS = ("semantic", "panoptic", "instance", "box")
 EVALUATOR_TYPES = ("sem_seg", "coco_panoptic_seg", "coco", None)
@@ -30,6 +31,22 @@ class DatasetInfo:
     @property
     def class_names(self) -> List[str]:
         return [names[0] for names in self.class_synonyms]
+
+
+def visualizer_fields(class_names: Sequence[str]) -> dict:
+    """Metadata fields Detectron2's ``Visualizer`` reads, in ONE contiguous space of all K classes.
+
+    The model's contiguous ids (``sem_seg`` channels, ``pred_classes``, panoptic
+    ``category_id``) index all K classes, things and stuff mixed in any order, while
+    ``Visualizer.draw_panoptic_seg`` / ``draw_instance_predictions`` index ``thing_classes`` and
+    ``thing_colors`` with them. So both ``thing_*`` and ``stuff_*`` list every class (the
+    convention Mask2Former uses for ADE20K panoptic), with one fixed colour per class.
+    """
+    names = [str(n) for n in class_names]
+    table = colormap(rgb=True, maximum=255).astype(int).tolist()
+    colors = [tuple(table[k % len(table)]) for k in range(len(names))]
+    return {"thing_classes": list(names), "stuff_classes": list(names),
+            "thing_colors": list(colors), "stuff_colors": list(colors)}
 
 
 def get_dataset_info(name: str) -> DatasetInfo:

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .dataset_info import visualizer_fields
 from .loading import load_box_dicts, load_instance_dicts, load_panoptic_dicts, load_semantic_dicts
 
 __all__ = [
@@ -82,8 +83,9 @@ def _contract_metadata(categories: List[dict]) -> dict:
         "class_synonyms": [[c["name"]] + c["synonyms"] for c in categories],
         "is_thing": [bool(c["isthing"]) for c in categories],
         "ignore_label": 255,
-        "stuff_classes": names,
-        "thing_classes": [c["name"] for c in categories if c["isthing"]],
+        # thing_/stuff_classes and _colors both list all K classes (Visualizer indexes them
+        # with contiguous ids over all classes; see visualizer_fields)
+        **visualizer_fields(names),
         # things: thing ids only; stuff: ALL ids (Mask2Former's convention for COCO panoptic).
         "thing_dataset_id_to_contiguous_id": {
             c["id"]: i for i, c in enumerate(categories) if c["isthing"]},

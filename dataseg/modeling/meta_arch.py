@@ -4,8 +4,14 @@ text-embedding classifier -> MERGE (per task) -> criterion (training) or per-tas
 Each batch comes from one dataset (``"dataset_name"``); its vocabulary (frozen text embeddings
 and thing flags) comes from a ``VocabularyBank``; the task is the input's ``"task"`` or the
 dataset's metadata task (``cfg.MODEL.DATASEG.TEST.TASK`` overrides it at test time).
+
+At test time an input without ``"dataset_name"`` uses ``MODEL.DATASEG.TEST.VOCABULARY``
+(default: the first of ``DATASETS.TEST``), so ``detectron2.engine.DefaultPredictor`` works.
+Inference is split in two so that an exported graph and the eager model share the Python
+post-processing: ``network`` (normalised, padded images -> class and mask logits, pure tensors)
+and ``postprocess_logits`` (MERGE + per-task inference in Detectron2's output formats).
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -45,6 +51,78 @@ def text_dim_from_cfg(cfg) -> int:
     return int(embedding_dim(cfg.MODEL.TEXT_ENCODER.NAME, cfg.MODEL.TEXT_ENCODER.CLIP_MODEL))
 
 
+def default_vocabulary_from_cfg(cfg) -> str:
+    """MODEL.DATASEG.TEST.VOCABULARY, else the first of DATASETS.TEST, else ""."""
+    name = cfg.MODEL.DATASEG.TEST.VOCABULARY
+    if name:
+        return str(name)
+    return str(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else ""
+
+
+def preprocess_images(images: Sequence[torch.Tensor], pixel_mean: torch.Tensor,
+                      pixel_std: torch.Tensor, size_divisibility: int,
+                      padded_size: Optional[Tuple[int, int]] = None) -> ImageList:
+    """(3, H, W) images (any dtype, in cfg.INPUT.FORMAT) -> normalised ImageList padded with
+    zeros to a multiple of ``size_divisibility`` (or to exactly ``padded_size``, which must hold
+    every image: the fixed input size of an exported model)."""
+    normed = [(x.to(pixel_mean.device).float() - pixel_mean) / pixel_std for x in images]
+    if padded_size is None:
+        return ImageList.from_tensors(normed, size_divisibility)
+    ph, pw = padded_size
+    batch = normed[0].new_zeros((len(normed), normed[0].shape[0], ph, pw))
+    for i, x in enumerate(normed):
+        if x.shape[-2] > ph or x.shape[-1] > pw:
+            raise ValueError(f"image of size {tuple(x.shape[-2:])} does not fit the fixed input "
+                             f"size {tuple(padded_size)}")
+        batch[i, :, :x.shape[-2], :x.shape[-1]] = x
+    return ImageList(batch, [tuple(x.shape[-2:]) for x in normed])
+
+
+def postprocess_logits(pred_logits: torch.Tensor, pred_masks: torch.Tensor,
+                       padded_size: Tuple[int, int], image_sizes: Sequence[Tuple[int, int]],
+                       output_sizes: Sequence[Tuple[int, int]], task: str,
+                       is_thing: torch.Tensor, *, merge_eps: float = 1e-6,
+                       merge_empty_logit: float = -100.0, object_mask_threshold: float = 0.8,
+                       overlap_threshold: float = 0.8,
+                       instances_per_image: int = 100) -> List[dict]:
+    """The Python post-processing shared by the eager model and exported graphs.
+
+    Args:
+        pred_logits: (B, Q, K+1) class logits (background last) of the last decoder layer.
+        pred_masks: (B, Q, h, w) stride-4 mask logits of the padded batch.
+        padded_size: (Hp, Wp) of the padded network input; image_sizes: each image's (H, W)
+            inside it; output_sizes: the (height, width) each result is resized to.
+        task: "semantic", "panoptic", "instance" or "box"; is_thing: (K,) bool.
+    Returns one dict per image in Detectron2's formats: {"sem_seg"} (semantic),
+    {"panoptic_seg", "sem_seg"} (panoptic) or {"instances"} (instance, box).
+    """
+    if task not in TASKS:
+        raise ValueError(f"DaTaSeg: task {task!r} not one of {TASKS}")
+    is_thing = is_thing.to(pred_logits.device)
+    outputs = merge_for_task(pred_logits, pred_masks, task, is_thing, merge_eps,
+                             merge_empty_logit)
+    results = []
+    for i, (image_size, out_size) in enumerate(zip(image_sizes, output_sizes)):
+        valid = outputs["valid"][i].clone()
+        # empty merged entries (mask -100, logits 0) add nothing to any task's output
+        m = outputs["num_merged"]
+        valid[:m] &= outputs["counts"][i] > 0
+        cls = outputs["pred_logits"][i][valid]
+        masks = resize_mask_logits(outputs["pred_masks"][i][valid], tuple(padded_size),
+                                   tuple(image_size), tuple(out_size))
+        if task == "semantic":
+            results.append({"sem_seg": semantic_inference(cls, masks)})
+        elif task == "panoptic":
+            results.append({
+                "panoptic_seg": panoptic_inference(cls, masks, is_thing, object_mask_threshold,
+                                                   overlap_threshold),
+                "sem_seg": semantic_inference(cls, masks)})
+        else:
+            results.append({"instances": instance_inference(
+                cls, masks, instances_per_image, is_thing)})
+    return results
+
+
 @META_ARCH_REGISTRY.register()
 class DaTaSeg(nn.Module):
     """Universal multi-dataset, multi-task segmentation model (DaTaSeg, paper section 3)."""
@@ -57,7 +135,8 @@ class DaTaSeg(nn.Module):
                  size_divisibility: int = 32, deep_supervision: bool = True,
                  merge_eps: float = 1e-6, merge_empty_logit: float = -100.0,
                  dataset_loss_weights: Optional[Dict[str, float]] = None,
-                 test_task: str = "", object_mask_threshold: float = 0.8,
+                 test_task: str = "", default_vocabulary: str = "",
+                 object_mask_threshold: float = 0.8,
                  overlap_threshold: float = 0.8, instances_per_image: int = 100):
         super().__init__()
         self.backbone = backbone
@@ -78,6 +157,7 @@ class DaTaSeg(nn.Module):
             raise ValueError(f"MODEL.DATASEG.TEST.TASK must be '' or one of {TASKS}, "
                              f"got {test_task!r}")
         self.test_task = test_task
+        self.default_vocabulary = default_vocabulary
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.instances_per_image = instances_per_image
@@ -102,7 +182,8 @@ class DaTaSeg(nn.Module):
             "size_divisibility": d.SIZE_DIVISIBILITY, "deep_supervision": d.DEEP_SUPERVISION,
             "merge_eps": d.MERGE_EPS, "merge_empty_logit": d.MERGE_EMPTY_LOGIT,
             "dataset_loss_weights": dataset_loss_weights_from_cfg(cfg),
-            "test_task": d.TEST.TASK, "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
+            "test_task": d.TEST.TASK, "default_vocabulary": default_vocabulary_from_cfg(cfg),
+            "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
             "instances_per_image": d.TEST.INSTANCES_PER_IMAGE,
         }
@@ -111,18 +192,37 @@ class DaTaSeg(nn.Module):
     def device(self):
         return self.pixel_mean.device
 
-    def set_vocabulary(self, name: str, embeddings: torch.Tensor, is_thing) -> None:
-        """Uses these text embeddings (K, D) and thing flags (K,) for dataset ``name``."""
-        self.vocabulary.set(name, embeddings, is_thing)
+    def set_vocabulary(self, name: str, embeddings: torch.Tensor, is_thing,
+                       task: Optional[str] = None) -> None:
+        """Uses these text embeddings (K, D) and thing flags (K,) for inputs whose
+        ``"dataset_name"`` is ``name``. ``task``: what such inputs without a ``"task"`` key get
+        (default: the registered dataset's task, or "panoptic" for a name not registered)."""
+        if task is not None and task not in TASKS:
+            raise ValueError(f"set_vocabulary('{name}'): task {task!r} not one of {TASKS}")
+        self.vocabulary.set(name, embeddings, is_thing, task=task)
+
+    def postprocess_settings(self) -> dict:
+        """Keyword arguments of ``postprocess_logits`` that come from the config."""
+        return {"merge_eps": self.merge_eps, "merge_empty_logit": self.merge_empty_logit,
+                "object_mask_threshold": self.object_mask_threshold,
+                "overlap_threshold": self.overlap_threshold,
+                "instances_per_image": self.instances_per_image}
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def batch_dataset_name(batched_inputs: List[dict]) -> str:
-        names = {x.get("dataset_name") for x in batched_inputs}
+    def batch_dataset_name(self, batched_inputs: List[dict]) -> str:
+        """The batch's vocabulary: the inputs' ``"dataset_name"``, at test time defaulting to
+        MODEL.DATASEG.TEST.VOCABULARY (or the first of DATASETS.TEST)."""
+        default = None if self.training else (self.default_vocabulary or None)
+        names = {x.get("dataset_name", default) for x in batched_inputs}
         if None in names:
             missing = [x.get("image_id") for x in batched_inputs if "dataset_name" not in x]
-            raise KeyError("DaTaSeg: every input needs a 'dataset_name' key (the mappers add "
-                           f"it); image_ids without it: {missing}")
+            if self.training:
+                raise KeyError("DaTaSeg: every training input needs a 'dataset_name' key (the "
+                               f"mappers add it); image_ids without it: {missing}")
+            raise KeyError("DaTaSeg: inputs without 'dataset_name' (image_ids "
+                           f"{missing}) need a default vocabulary: set "
+                           "MODEL.DATASEG.TEST.VOCABULARY (or DATASETS.TEST) to a registered "
+                           "dataset name, or give each input a 'dataset_name'")
         if len(names) != 1:
             raise ValueError(f"DaTaSeg: a batch must come from one dataset, got {sorted(names)}")
         return names.pop()
@@ -132,10 +232,8 @@ class DaTaSeg(nn.Module):
             return self.test_task
         tasks = {x.get("task") for x in batched_inputs}
         if None in tasks:
-            from dataseg.data.dataset_info import get_dataset_info
-
             tasks.discard(None)
-            tasks.add(get_dataset_info(name).task)
+            tasks.add(self.default_task(name))
         if len(tasks) != 1:
             raise ValueError(f"DaTaSeg: batch of '{name}' mixes tasks {sorted(tasks)}")
         task = tasks.pop()
@@ -143,10 +241,37 @@ class DaTaSeg(nn.Module):
             raise ValueError(f"DaTaSeg: input task {task!r} of '{name}' not one of {TASKS}")
         return task
 
+    def default_task(self, name: str) -> str:
+        """Task of inputs of vocabulary ``name`` that carry no "task": the one given to
+        ``set_vocabulary``, else the registered dataset's, else "panoptic"."""
+        task = self.vocabulary.task(name)
+        if task:
+            return task
+        from detectron2.data import MetadataCatalog
+
+        from dataseg.data.dataset_info import get_dataset_info
+
+        if name in self.vocabulary and name not in MetadataCatalog.list():
+            return "panoptic"  # a run-time vocabulary: panoptic gives sem_seg too
+        return get_dataset_info(name).task
+
     def preprocess(self, batched_inputs: List[dict]) -> ImageList:
-        images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        return preprocess_images([x["image"] for x in batched_inputs], self.pixel_mean,
+                                 self.pixel_std, self.size_divisibility)
+
+    def network(self, images: torch.Tensor, text_embed: torch.Tensor):
+        """Inference network, pure tensors (what an exported graph contains).
+
+        Args:
+            images: (B, 3, Hp, Wp) normalised, zero-padded images (``preprocess_images``).
+            text_embed: (K, D) L2-normalised text embeddings of the vocabulary.
+        Returns (pred_logits (B, Q, K+1), pred_masks (B, Q, Hp/4, Wp/4)) of the last decoder
+        layer, before MERGE.
+        """
+        features = self.backbone(images)
+        mask_features, multi_scale = self.pixel_decoder(features)
+        dec = self.transformer_decoder(multi_scale, mask_features, return_aux=False)
+        return self.classifier(dec["class_embeds"], text_embed), dec["pred_masks"]
 
     def prepare_targets(self, batched_inputs, images: ImageList, task: str, name: str,
                         num_classes: int) -> List[Dict[str, torch.Tensor]]:
@@ -184,49 +309,41 @@ class DaTaSeg(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[dict]):
+        """Detectron2 inputs -> losses (training) or per-image results (eval).
+
+        Each input: "image" (3, H, W) in cfg.INPUT.FORMAT; optional "height"/"width" (output
+        size), "dataset_name" (vocabulary; default MODEL.DATASEG.TEST.VOCABULARY at test time),
+        "task"; training inputs also "instances". Eval returns a list of dicts as
+        ``postprocess_logits`` does.
+        """
         name = self.batch_dataset_name(batched_inputs)
         task = self.batch_task(batched_inputs, name)
         images = self.preprocess(batched_inputs)
+        if not self.training:
+            text_embed, is_thing = self.vocabulary.get(name, self.device)
+            logits, masks = self.network(images.tensor, text_embed)
+            return self.inference_from_logits(logits, masks, batched_inputs, images, task,
+                                              is_thing)
         features = self.backbone(images.tensor)
         mask_features, multi_scale = self.pixel_decoder(features)
-        want_aux = self.training and self.deep_supervision
-        dec = self.transformer_decoder(multi_scale, mask_features, return_aux=want_aux)
+        dec = self.transformer_decoder(multi_scale, mask_features,
+                                       return_aux=self.deep_supervision)
         text_embed, is_thing = self.vocabulary.get(name, self.device)
         logits = self.classifier(dec["class_embeds"], text_embed)
         outputs = self._merge(logits, dec["pred_masks"], task, is_thing)
+        outputs["aux_outputs"] = [
+            self._merge(self.classifier(a["class_embeds"], text_embed), a["pred_masks"],
+                        task, is_thing) for a in dec.get("aux_outputs", [])]
+        targets = self.prepare_targets(batched_inputs, images, task, name, len(text_embed))
+        return self.criterion(outputs, targets,
+                              loss_scale=self.dataset_loss_weights.get(name, 1.0))
 
-        if self.training:
-            outputs["aux_outputs"] = [
-                self._merge(self.classifier(a["class_embeds"], text_embed), a["pred_masks"],
-                            task, is_thing) for a in dec.get("aux_outputs", [])]
-            targets = self.prepare_targets(batched_inputs, images, task, name, len(text_embed))
-            return self.criterion(outputs, targets,
-                                  loss_scale=self.dataset_loss_weights.get(name, 1.0))
-        return self.inference(outputs, batched_inputs, images, task, is_thing)
-
-    def inference(self, outputs, batched_inputs, images: ImageList, task: str,
-                  is_thing: torch.Tensor) -> List[dict]:
-        results = []
-        padded = tuple(images.tensor.shape[-2:])
-        for i, x in enumerate(batched_inputs):
-            valid = outputs["valid"][i].clone()
-            # empty merged entries (mask -100, logits 0) add nothing to any task's output
-            m = outputs["num_merged"]
-            valid[:m] &= outputs["counts"][i] > 0
-            cls = outputs["pred_logits"][i][valid]
-            image_size = images.image_sizes[i]
-            out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
-            masks = resize_mask_logits(outputs["pred_masks"][i][valid], padded, image_size,
-                                       out_size)
-            if task == "semantic":
-                results.append({"sem_seg": semantic_inference(cls, masks)})
-            elif task == "panoptic":
-                results.append({
-                    "panoptic_seg": panoptic_inference(cls, masks, is_thing,
-                                                       self.object_mask_threshold,
-                                                       self.overlap_threshold),
-                    "sem_seg": semantic_inference(cls, masks)})
-            else:
-                results.append({"instances": instance_inference(
-                    cls, masks, self.instances_per_image, is_thing)})
-        return results
+    def inference_from_logits(self, pred_logits, pred_masks, batched_inputs,
+                              images: ImageList, task: str, is_thing: torch.Tensor) -> List[dict]:
+        """``postprocess_logits`` with this model's settings; output sizes from the inputs'
+        "height"/"width" (default: the network input size of each image)."""
+        out_sizes = [(x.get("height", s[0]), x.get("width", s[1]))
+                     for x, s in zip(batched_inputs, images.image_sizes)]
+        return postprocess_logits(pred_logits, pred_masks, tuple(images.tensor.shape[-2:]),
+                                  images.image_sizes, out_sizes, task, is_thing,
+                                  **self.postprocess_settings())

@@ -18,9 +18,12 @@ class VocabularyBank:
         self.text_encoder_kwargs = dict(text_encoder_kwargs or {})
         self.text_dim = text_dim
         self._vocab: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._task: Dict[str, str] = {}
 
-    def set(self, name: str, embeddings: torch.Tensor, is_thing) -> None:
-        """Installs (or overrides) a vocabulary; rows are L2-normalised here."""
+    def set(self, name: str, embeddings: torch.Tensor, is_thing,
+            task: Optional[str] = None) -> None:
+        """Installs (or overrides) a vocabulary; rows are L2-normalised here. ``task`` (optional)
+        is the task inputs of this vocabulary default to when they carry no ``"task"``."""
         emb = torch.as_tensor(embeddings, dtype=torch.float32)
         thing = torch.as_tensor(is_thing, dtype=torch.bool).flatten()
         if emb.dim() != 2 or emb.shape[0] == 0:
@@ -33,6 +36,14 @@ class VocabularyBank:
             raise ValueError(f"vocabulary '{name}': {thing.numel()} is_thing flags for "
                              f"{emb.shape[0]} classes")
         self._vocab[name] = (F.normalize(emb, dim=1), thing)
+        if task:
+            self._task[name] = task
+        else:
+            self._task.pop(name, None)
+
+    def task(self, name: str) -> Optional[str]:
+        """The task given to ``set`` for ``name``, or None."""
+        return self._task.get(name)
 
     def _load(self, name: str) -> None:
         from dataseg.data.dataset_info import get_dataset_info

@@ -1,0 +1,83 @@
+"""Export DaTaSeg for one fixed vocabulary to ONNX (and TorchScript), then check it.
+
+    python tools/export_model.py --config-file configs/quickstart.yaml --output export/ \\
+        --dataset synth_pan_val [--task panoptic] [--size 128 128] \\
+        [--check-images "datasets/dataseg_synthetic/*/val/images/*.png"] \\
+        --opts MODEL.WEIGHTS output/quickstart/model_final.pth
+
+Writes DIR/model.onnx (inputs "images" (1, 3, H, W) float32 normalised and zero-padded,
+outputs "pred_logits" (1, Q, K+1) and "pred_masks" (1, Q, H/4, W/4); every size static, fixed
+at --size, default the square MIN_SIZE_TEST), DIR/model.ts (TorchScript, when tracing works)
+and DIR/model.json; then runs the ONNX model with onnxruntime on CPU against the eager model
+(--check-images, default: one random image) and prints the max abs logit differences and the
+argmax agreement. Use it from Python with ``dataseg.export.ExportedPredictor(DIR)``.
+"""
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dataseg  # noqa: E402,F401
+from dataseg.engine import ConfigError, build_cfg  # noqa: E402
+from dataseg.export import (  # noqa: E402
+    ExportedPredictor,
+    compare_with_eager,
+    default_export_size,
+    export_model,
+)
+from dataseg.predictor import VocabularyError, predictor_from_args  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config-file", default="configs/quickstart.yaml", metavar="FILE")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--vocab", help='classes, e.g. "cat, sofa|couch, grass:stuff"')
+    p.add_argument("--vocab-file", help="one class a line")
+    p.add_argument("--dataset", help="a registered dataset's vocabulary")
+    p.add_argument("--task", choices=("semantic", "panoptic", "instance"))
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
+                   help="fixed input size (default: square MIN_SIZE_TEST)")
+    p.add_argument("--no-torchscript", action="store_true")
+    p.add_argument("--check-images", nargs="*", default=[],
+                   help="images or globs to compare ONNX vs eager on")
+    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    try:
+        cfg = build_cfg(args.config_file, args.opts)
+        cfg.defrost()
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.DATASEG.PIXEL_DECODER.DEFORM_ATTN_IMPL = "pytorch"
+        predictor = predictor_from_args(cfg, args.vocab, args.vocab_file, args.dataset,
+                                        args.task)
+    except (ConfigError, VocabularyError, KeyError, ValueError) as e:
+        print(f"export_model.py: {e.args[0] if isinstance(e, KeyError) and e.args else e}",
+              file=sys.stderr)
+        return 2
+    size = args.size or default_export_size(cfg, predictor.model.size_divisibility)
+    result = export_model(predictor, args.output, size, torchscript=not args.no_torchscript)
+    print(f"wrote {result['onnx']} (input 1x3x{size[0]}x{size[1]}, "
+          f"{len(predictor.vocabulary)} classes, task {predictor.task})")
+    if result["torchscript"]:
+        print(f"wrote {result['torchscript']}")
+    else:
+        print(f"TorchScript not written: {result['torchscript_error']}")
+
+    paths = sorted({f for pat in args.check_images for f in glob.glob(pat)})
+    images = [im for im in (cv2.imread(f) for f in paths) if im is not None]
+    if not images:
+        images = [np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)]
+    stats = compare_with_eager(predictor, ExportedPredictor(args.output), images)
+    stats["images"] = len(images)
+    print("onnxruntime vs eager: " + json.dumps(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
