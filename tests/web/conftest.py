@@ -12,6 +12,7 @@ import uvicorn
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
+from detectron2.utils.env import seed_all_rng
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,6 +37,7 @@ def tiny_demo(tmp_path_factory):
     cfg = build_cfg(QUICKSTART, opts)
     register_synthetic_world(cfg)
     ensure_generated(cfg)
+    seed_all_rng(0)  # the same untrained weights every run
     model = build_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp)).save("tiny_model")
     opts += ["MODEL.WEIGHTS", str(tmp / "tiny_model.pth")]
