@@ -172,19 +172,21 @@ def list_vocabulary_datasets() -> List[dict]:
 
 
 def example_images_from_cfg(cfg, limit: int = 8) -> List[Path]:
-    """Up to ``limit`` images of the config's test datasets that already exist on disk
-    (nothing is generated or downloaded; an absent dataset contributes none)."""
-    found: List[Path] = []
+    """Up to ``limit`` images of the config's test datasets that already exist on disk, taken
+    in turn from each dataset (nothing is generated or downloaded; an absent dataset
+    contributes none)."""
+    per_dataset = []
     for name in cfg.DATASETS.TEST:
-        root = MetadataCatalog.get(name).get("image_root") if name in MetadataCatalog.list() \
-            else None
-        if not root or not Path(root).is_dir():
-            continue
-        for p in sorted(Path(root).iterdir()):
-            if p.suffix.lower() in IMAGE_SUFFIXES and p not in found:
-                found.append(p)
-                if len(found) >= limit:
-                    return found
+        root = MetadataCatalog.get(name).get("image_root", None) \
+            if name in MetadataCatalog.list() else None
+        if root and Path(root).is_dir():
+            per_dataset.append(sorted(p for p in Path(root).iterdir()
+                                      if p.suffix.lower() in IMAGE_SUFFIXES)[:limit])
+    found: List[Path] = []
+    for i in range(limit):
+        for images in per_dataset:
+            if i < len(images) and images[i] not in found and len(found) < limit:
+                found.append(images[i])
     return found
 
 
