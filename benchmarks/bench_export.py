@@ -1,0 +1,101 @@
+"""CPU latency of the exported DaTaSeg (onnxruntime) vs eager PyTorch vs HF Mask2Former.
+
+Same input (one 512x512 image), same model size as benchmarks/bench_model.py (ResNet-50,
+100 queries, 6 encoder / 9 decoder layers, 150 classes, random weights), semantic task, fp32,
+``--threads`` threads for every runtime. The three run interleaved in one process (the order
+rotates every round, so load from other processes hits all alike); medians after warm-up and
+their ratios are printed. Full inference each: our two predictors take the BGR image and
+return Detectron2 outputs through the same Python post-processing
+(``postprocess_logits``); HF runs forward + ``post_process_semantic_segmentation``. The
+network alone (ONNX graph vs eager ``model.network`` vs HF forward) is timed too.
+
+    python benchmarks/bench_export.py [--threads 2] [--repeats 7] [--warmup 2]
+"""
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_model import NUM_CLASSES, SIZE, build_hf  # noqa: E402
+
+import dataseg  # noqa: E402,F401
+from dataseg.data.builtin import class_synonyms, load_vocabulary  # noqa: E402
+from dataseg.engine import build_cfg  # noqa: E402
+from dataseg.export import ExportedPredictor, export_model  # noqa: E402
+from dataseg.predictor import DaTaSegPredictor, Vocabulary  # noqa: E402
+
+
+def build_ours(export_dir: Path, threads: int):
+    cfg = build_cfg(str(REPO / "configs" / "Base-DaTaSeg.yaml"),
+                    ["MODEL.DEVICE", "cpu", "MODEL.DATASEG.PIXEL_DECODER.DEFORM_ATTN_IMPL",
+                     "pytorch", "INPUT.MIN_SIZE_TEST", str(SIZE), "INPUT.MAX_SIZE_TEST",
+                     str(2 * SIZE), "DATASETS.TEST", "()"])
+    cats = load_vocabulary("ade20k_150")[:NUM_CLASSES]  # real names: an ADE20K vocabulary
+    vocab = Vocabulary(class_synonyms(cats), [bool(c["isthing"]) for c in cats])
+    torch.manual_seed(0)
+    predictor = DaTaSegPredictor(cfg, vocabulary=vocab, task="semantic")
+    export_model(predictor, export_dir, (SIZE, SIZE), torchscript=False)
+    return predictor, ExportedPredictor(export_dir, num_threads=threads)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        eager, onnx = build_ours(Path(tmp), args.threads)
+        hf_full, hf_forward = build_hf(argparse.Namespace())
+        model = eager.model
+        text_embed = model.vocabulary.get(eager.vocabulary_name)[0]
+        x = model.preprocess([eager.preprocess(image)]).tensor
+        runs = {
+            "onnxruntime (full)": lambda: onnx(image),
+            "eager PyTorch (full)": lambda: eager(image),
+            "HF Mask2Former (fwd + semseg pp)": hf_full,
+            "onnxruntime (network)": lambda: onnx.run_network(x),
+            "eager PyTorch (network)": lambda: model.network(x, text_embed),
+            "HF Mask2Former (forward)": hf_forward,
+        }
+        times = {k: [] for k in runs}
+        names = list(runs)
+        with torch.inference_mode():
+            for i in range(args.warmup + args.repeats):
+                order = names[i % len(names):] + names[:i % len(names)]
+                for name in order:
+                    t0 = time.perf_counter()
+                    runs[name]()
+                    if i >= args.warmup:
+                        times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"CPU fp32, {args.threads} threads, 1x3x{SIZE}x{SIZE}, ResNet-50, 100 queries, "
+          f"6 enc / 9 dec layers, {NUM_CLASSES} classes, semantic; interleaved, "
+          f"{args.repeats} repeats after {args.warmup} warm-up")
+    for k in names:
+        print(f"{k:<36}{med[k]:>9.3f} s")
+    hf = med["HF Mask2Former (fwd + semseg pp)"]
+    print(f"full inference: onnxruntime / HF = {med['onnxruntime (full)'] / hf:.2f}x, "
+          f"eager / HF = {med['eager PyTorch (full)'] / hf:.2f}x, onnxruntime / eager = "
+          f"{med['onnxruntime (full)'] / med['eager PyTorch (full)']:.2f}x")
+    print(f"network only: onnxruntime / HF forward = "
+          f"{med['onnxruntime (network)'] / med['HF Mask2Former (forward)']:.2f}x, "
+          f"onnxruntime / eager = "
+          f"{med['onnxruntime (network)'] / med['eager PyTorch (network)']:.2f}x")
+    print("RESULT " + json.dumps(med))
+
+
+if __name__ == "__main__":
+    main()
