@@ -125,6 +125,13 @@ class Gate:
                 self._pending -= 1
 
 
+def _to_8bit(grey: np.ndarray) -> Image.Image:
+    """High-bit-depth grey levels stretched to 0..255 (Pillow's own conversion clips them)."""
+    lo, hi = float(np.nanmin(grey)), float(np.nanmax(grey))
+    scaled = (grey - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(grey)
+    return Image.fromarray(np.nan_to_num(scaled).round().astype(np.uint8), mode="L")
+
+
 def decode_image(data: bytes, filename: str, limits: Limits) -> Tuple[np.ndarray, Optional[list]]:
     """Upload bytes -> (RGB uint8 HxWx3, original [h, w] when downscaled else None).
 
@@ -137,6 +144,8 @@ def decode_image(data: bytes, filename: str, limits: Limits) -> Tuple[np.ndarray
     try:
         image = Image.open(io.BytesIO(data))
         w, h = image.size
+    except Image.DecompressionBombError as e:  # Pillow's own limit, when ours is higher
+        raise RequestError(413, f"'{name}' is too large to decode: {e}") from e
     except UnidentifiedImageError as e:
         raise RequestError(415, f"'{name}' is not an image that can be read (JPEG, PNG, BMP, "
                                 "WebP, TIFF)") from e
@@ -146,7 +155,10 @@ def decode_image(data: bytes, filename: str, limits: Limits) -> Tuple[np.ndarray
         raise RequestError(413, f"'{name}' is {w}x{h} pixels ({w * h / 1e6:.1f} MP); the limit "
                                 f"is {limits.max_image_pixels / 1e6:.1f} MP")
     try:
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grey levels
+            image = _to_8bit(np.asarray(image, dtype=np.float64))
+        image = image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise RequestError(415, f"'{name}' could not be decoded (truncated or corrupt?): "
                                 f"{e}") from e

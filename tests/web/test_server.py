@@ -2,18 +2,21 @@
 import base64
 import io
 import json
+import struct
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dataseg.text import cache_entry_path, text_encoder_kwargs_from_cfg
+from dataseg.web.service import Limits, decode_image
 
 VOCAB = "person, automobile|car, sheep, kite, sky:stuff, lawn:stuff"
 VOCAB_NAMES = {"person", "automobile", "sheep", "kite", "sky", "lawn"}
@@ -149,6 +152,15 @@ def test_large_image_is_downscaled(demo_server):
     assert answer["image"] == {"height": 120, "width": 160, "resized_from": [300, 400]}
 
 
+def _claimed_size_png(width, height):
+    """A 1x1 PNG whose header claims ``width`` x ``height`` (Pillow refuses to open it)."""
+    data = bytearray(_encoded(Image.new("L", (1, 1)), "PNG"))
+    ihdr = 8  # after the signature: length (4), b"IHDR" (4), width, height, ..., crc
+    data[ihdr + 8:ihdr + 16] = struct.pack(">II", width, height)
+    data[ihdr + 21:ihdr + 25] = struct.pack(">I", zlib.crc32(bytes(data[ihdr + 4:ihdr + 21])))
+    return bytes(data)
+
+
 def _bad_requests(image_bytes):
     """(what, request kwargs, expected status, words the message must contain)."""
     ok = {"vocab": VOCAB, "task": "panoptic"}
@@ -181,6 +193,8 @@ def _bad_requests(image_bytes):
                               fields={"vocab": "cat", "task": "depth"}), 400, "depth"),
         ("too many pixels", dict(files={"image": ("huge.png", png_bytes(
             np.zeros((1001, 1000, 3), np.uint8)))}, fields=ok), 413, "MP"),
+        ("decompression bomb", dict(files={"image": ("bomb.png", _claimed_size_png(
+            30000, 30000))}, fields=ok), 413, "bomb.png"),
         ("upload over the size limit", dict(files={"image": ("big.bin", b"\0" * (3 * 2**20))},
                                             fields=ok), 413, "MB"),
         ("not multipart", dict(raw=b'{"vocab": "cat"}', content_type="application/json"),
@@ -236,3 +250,40 @@ def test_unknown_result_and_example_are_404(demo_server):
         with pytest.raises(urllib.error.HTTPError) as e:
             get(demo_server.url + path)
         assert e.value.code == 404
+
+
+def _encoded(image, fmt, **kwargs):
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def test_awkward_but_legal_images(demo_server):
+    """Alpha, grey, 16-bit, palette, CMYK, EXIF-rotated, 1x1 and a thin strip all segment;
+    the answer's size is the upright (and, over max_side=160, downscaled) image's."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees": the upright image is 30 wide, 60 high
+    ramp = (np.arange(2000).reshape(40, 50) * 30).astype(np.uint16)
+    cases = {
+        "alpha.png": (_encoded(Image.new("RGBA", (50, 40), (10, 200, 30, 128)), "PNG"), 40, 50),
+        "grey.png": (_encoded(Image.new("L", (50, 40), 77), "PNG"), 40, 50),
+        "deep.png": (_encoded(Image.fromarray(ramp), "PNG"), 40, 50),
+        "palette.gif": (_encoded(Image.new("P", (50, 40)), "GIF"), 40, 50),
+        "cmyk.jpg": (_encoded(Image.new("CMYK", (50, 40), (0, 100, 200, 0)), "JPEG"), 40, 50),
+        "rotated.jpg": (_encoded(Image.new("RGB", (60, 30), (200, 0, 0)), "JPEG", exif=exif),
+                        60, 30),
+        "dot.png": (_encoded(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"), 1, 1),
+        "strip.png": (_encoded(Image.new("RGB", (600, 3), (9, 90, 9)), "PNG"), 1, 160),
+    }
+    for name, (data, h, w) in cases.items():
+        status, _, answer = segment(demo_server, data, name, vocab=VOCAB, task="semantic")
+        assert status == 200, (name, answer)
+        assert (answer["image"]["height"], answer["image"]["width"]) == (h, w), name
+        assert sum(s["area"] for s in answer["segments"]) == h * w, name
+
+
+def test_sixteen_bit_grey_levels_are_stretched_not_clipped():
+    ramp = (np.arange(2000).reshape(40, 50) * 30).astype(np.uint16)  # 0 .. 59970
+    rgb, _ = decode_image(_encoded(Image.fromarray(ramp), "PNG"), "deep.png", Limits())
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[-1, -1].tolist() == [255, 255, 255]
+    assert len(np.unique(rgb[..., 0])) > 200  # Pillow's own conversion leaves ~2 levels
