@@ -279,13 +279,21 @@ class SegmentationService:
         """What the page needs to build its controls."""
         lim = self.limits
         return {"tasks": list(WEB_TASKS), "default_task": self.default_task,
-                "datasets": list_vocabulary_datasets(),
+                "datasets": self._datasets(),
                 "examples": sorted(self.examples),
                 "limits": {"max_upload_mb": round(lim.max_upload_bytes / 2**20, 2),
                            "max_image_megapixels": round(lim.max_image_pixels / 1e6, 2),
                            "max_side": lim.max_side, "max_classes": lim.max_classes,
                            "max_vocab_chars": lim.max_vocab_chars},
                 "confidence_threshold": self.confidence_threshold}
+
+    def _datasets(self) -> List[dict]:
+        """Registered vocabularies within the class limit, the config's datasets first."""
+        own = list(self.cfg.DATASETS.TEST) + list(self.cfg.DATASETS.TRAIN)
+        usable = [d for d in list_vocabulary_datasets()
+                  if d["num_classes"] <= self.limits.max_classes]
+        return sorted(usable, key=lambda d: (own.index(d["name"]) if d["name"] in own
+                                             else len(own), d["name"]))
 
     def example_bytes(self, name: str) -> bytes:
         if name not in self.examples:

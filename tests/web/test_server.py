@@ -65,7 +65,9 @@ def test_page_and_info(demo_server, tiny_demo):
     assert status == 200 and b'id="vocab"' in page and b'id="overlay"' in page
     info = json.loads(get(demo_server.url + "/api/info")[1])
     assert info["tasks"] == ["semantic", "panoptic", "instance"]
-    assert "synth_pan_val" in [d["name"] for d in info["datasets"]]
+    names = [d["name"] for d in info["datasets"]]
+    assert names[0] == "synth_pan_val"  # the config's test set first
+    assert all(d["num_classes"] <= 20 for d in info["datasets"])  # TEST_LIMITS.max_classes
     assert info["examples"] == [p.name for p in tiny_demo.images[:2]]
     assert get(demo_server.url + "/examples/" + info["examples"][0])[1] == \
         tiny_demo.images[0].read_bytes()
