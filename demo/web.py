@@ -81,6 +81,8 @@ def main(argv=None):
     setup_logger(name="dataseg")
     setup_logger(name="detectron2", abbrev_name="d2")
     log = logging.getLogger("dataseg.web")
+    if not Path(args.config_file).is_file():
+        raise SystemExit(f"error: config file not found: {args.config_file}")
     try:
         cfg = build_cfg(args.config_file, args.opts)
     except ConfigError as e:
