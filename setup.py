@@ -108,7 +108,7 @@ setup(
     packages=find_packages(include=["dataseg", "dataseg.*"]),
     include_package_data=True,
     package_data={"dataseg": ["data/vocabularies/*.json", "data/vocabularies/*.txt",
-                              "configs/*.yaml", "modeling/ops/csrc/*"]},
+                              "configs/*.yaml", "modeling/ops/csrc/*", "web/static/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     entry_points={"console_scripts": [

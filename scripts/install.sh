@@ -9,6 +9,7 @@
 #   DATASEG_CACHE          where the detectron2 source archive is kept (default ~/.cache/dataseg)
 #   DATASEG_BUILD_CUDA     auto (default) | 1 (force the CUDA kernel) | 0 (never build it)
 #   DATASEG_REINSTALL=1    re-run the editable install of this project (e.g. after kernel edits)
+#   DATASEG_SKIP_BROWSER=1 do not install Chromium (only the web demo's browser test needs it)
 #   DETECTRON2_GIT_REF     when github.com is reachable, detectron2 is installed from its
 #                          repository at this tag or commit (with its compiled ops) instead of
 #                          the v0.6 PyPI sources. Default: the tag v0.6 (commit d1e04565).
@@ -68,6 +69,25 @@ else
     tar -xzf "$ARCHIVE" -C "$WORK"
     "$PY" "$ROOT/scripts/patch_detectron2_sources.py" "$WORK/pb1-detectron2-0.6"
     pip_install --no-build-isolation --no-deps "$WORK/pb1-detectron2-0.6"
+fi
+
+say "Chromium for the web demo's browser test (system package)"
+# Playwright drives the system's Chromium (it never downloads a browser). Installed with
+# apt-get where it is missing and we are root; skipped when any Chromium is on PATH.
+if [ "${DATASEG_SKIP_BROWSER:-0}" = "1" ]; then
+    echo "skipped (DATASEG_SKIP_BROWSER=1)"
+elif command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+        || command -v google-chrome >/dev/null 2>&1 || [ -n "${DATASEG_CHROMIUM:-}" ]; then
+    echo "already installed: $(command -v chromium || command -v chromium-browser || command -v google-chrome || echo "$DATASEG_CHROMIUM")"
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+    echo "installed $(chromium --version 2>/dev/null)"
+else
+    echo "WARNING: no Chromium found and cannot apt-get install it (not root or not Debian):" \
+         "install your system's chromium package, or set DATASEG_CHROMIUM, for" \
+         "tests/web/test_browser.py" >&2
 fi
 
 say "dataseg (editable)"
