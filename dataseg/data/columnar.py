@@ -237,12 +237,12 @@ def parse_coco_boxes(json_file: str, piece_bytes: int = _PIECE_BYTES) -> Dict[st
                                  f"'bbox' must be 4 finite numbers [x, y, w, h] with w, h >= 0")
     del bad, ann_id, ann_image
     boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY in float32, as the json path does
+    counts = np.bincount(ann_img_idx, minlength=n)
+    n_noncrowd = np.bincount(ann_img_idx, weights=(crowd == 0), minlength=n).astype(np.int32)
     by_img = np.argsort(ann_img_idx, kind="stable")
     boxes = boxes[by_img]
     category = category[by_img]
     crowd = crowd[by_img]
-    counts = np.bincount(ann_img_idx, minlength=n)
-    n_noncrowd = np.bincount(ann_img_idx, weights=(crowd == 0), minlength=n).astype(np.int32)
     del by_img, ann_img_idx
     box_off = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=box_off[1:])
@@ -271,12 +271,17 @@ def cache_path_for(json_file: str, cache_dir: Optional[str] = None) -> Path:
     return Path(folder) / f"{os.path.basename(src)}.{digest}.dtsgcol"
 
 
+def _raw_bytes(arr: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array without a copy (also for empty arrays)."""
+    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+
+
 def _write_cache(path: Path, columns: Dict[str, np.ndarray], source: dict) -> None:
     arrays, offset = {}, 0
     for name, arr in columns.items():
         arr = np.ascontiguousarray(arr)
         arrays[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset,
-                        "crc32": zlib.crc32(memoryview(arr).cast("B"))}
+                        "crc32": zlib.crc32(_raw_bytes(arr))}
         offset += -(-arr.nbytes // _ALIGN) * _ALIGN
     header = {"format": FORMAT_VERSION, "source": source, "arrays": arrays}
     # the header holds the data start and file size, which depend on its own length: fix point
@@ -294,7 +299,7 @@ def _write_cache(path: Path, columns: Dict[str, np.ndarray], source: dict) -> No
             f.write(b"\0" * (header["data_start"] - f.tell()))
             for arr in columns.values():
                 arr = np.ascontiguousarray(arr)
-                f.write(memoryview(arr).cast("B"))
+                f.write(_raw_bytes(arr))
                 f.write(b"\0" * (-arr.nbytes % _ALIGN))
             f.write(_END + struct.pack("<Q", zlib.crc32(blob)))
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' jobs read the cache too
@@ -349,7 +354,7 @@ class _Cache:
             if start + a["offset"] + count * dt.itemsize > size - 16:
                 raise CacheError(f"{path}: array '{name}' runs past the end of the file")
             arr = np.frombuffer(mm, dt, count, start + a["offset"]).reshape(a["shape"])
-            if verify == "full" and zlib.crc32(memoryview(arr).cast("B")) != a["crc32"]:
+            if verify == "full" and zlib.crc32(_raw_bytes(arr)) != a["crc32"]:
                 raise CacheError(f"{path}: checksum mismatch in array '{name}'")
             self.arrays[name] = arr
         self._check_structure()
