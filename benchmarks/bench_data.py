@@ -117,6 +117,10 @@ def _child_columnar(json_file: str, iterate: bool) -> None:
         out["boxes"] = _iterate(ds)
         out["iterate_s"] = time.perf_counter() - t1
     out["max_rss_mb"] = _rss_mb()
+    with open("/proc/self/status") as f:  # now: anonymous (own) vs file-backed (shared) pages
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                out[line.split(":")[0].lower() + "_mb"] = int(line.split()[1]) / 1024
     print(json.dumps(out))
 
 

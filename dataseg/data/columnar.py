@@ -168,7 +168,8 @@ def parse_coco_boxes(json_file: str, piece_bytes: int = _PIECE_BYTES) -> Dict[st
     Returns ``image_id`` int64[N], ``height``/``width`` int32[N], ``name_off`` int64[N+1] +
     ``names`` uint8 (utf-8 file names, concatenated), ``box_off`` int64[N+1] (boxes of image i
     are rows box_off[i]:box_off[i+1], in json order), ``boxes`` float32[M, 4] XYXY absolute,
-    ``category`` int64[M] (dataset category ids), ``crowd`` uint8[M], ``n_noncrowd`` int32[N],
+    ``category`` int16/32/64[M] (dataset category ids, the smallest dtype that holds them),
+    ``crowd`` uint8[M], ``n_noncrowd`` int32[N],
     ``category_ids`` int64 (the distinct category ids present, sorted).
     Raises DatasetFormatError (like the json path) for duplicate image ids, annotations of
     unknown images and bad boxes; _FastParseUnsupported for a json the typed schema rejects.
@@ -246,9 +247,16 @@ def parse_coco_boxes(json_file: str, piece_bytes: int = _PIECE_BYTES) -> Dict[st
     del by_img, ann_img_idx
     box_off = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=box_off[1:])
+    # the smallest signed dtype that holds every category id (int16 for Objects365's 1..365)
+    for dt in (np.int16, np.int32):
+        info = np.iinfo(dt)
+        if not len(category) or (category.min() >= info.min and category.max() <= info.max):
+            category = category.astype(dt)
+            break
     return {"image_id": img_id, "height": height, "width": width, "name_off": name_off,
             "names": names_blob, "box_off": box_off, "boxes": boxes, "category": category,
-            "crowd": crowd, "n_noncrowd": n_noncrowd, "category_ids": np.unique(category)}
+            "crowd": crowd, "n_noncrowd": n_noncrowd,
+            "category_ids": np.unique(category).astype(np.int64)}
 
 
 # ---------------------------------------------------------------- the cache file
