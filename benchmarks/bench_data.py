@@ -1,11 +1,14 @@
-"""Data-pipeline benchmark: mapper throughput per task, and the time and peak memory to
-register + load + serialize (DatasetFromList) an Objects365-sized box annotation set.
+"""Data-pipeline benchmark: mapper throughput per task, and an Objects365-sized box set
+loaded BEFORE (json path + DatasetFromList serialization) and AFTER (columnar cache: cold
+build, warm load, one pass, summed PSS of N ranks that each open it and iterate over it).
 
     python benchmarks/bench_data.py               # full scale: 1.7M images, ~25M boxes
     python benchmarks/bench_data.py --scale 0.05  # quick check
+    python benchmarks/bench_data.py --skip-mappers --json /tmp/o365.json  # keep the json
 
-The O365-sized json is generated into a temp dir; loading runs in a fresh subprocess so its
-max RSS (ru_maxrss) is the loader's own.
+The O365-sized json is generated into a temp dir (or --json); every load runs in a fresh
+subprocess so its max RSS (ru_maxrss) is its own; rank PSS is read from
+/proc/PID/smaps_rollup while all ranks are alive.
 """
 import argparse
 import json
@@ -55,45 +58,147 @@ def write_o365_json(path: Path, num_images: int, num_boxes: int, seed: int = 0) 
         f.write("]}")
 
 
-def _child(json_file: str) -> None:
-    """Runs in a subprocess: register, load, serialize; prints one json line."""
-    from detectron2.data import DatasetCatalog, DatasetFromList
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+
+def _register(json_file: str) -> None:
     from dataseg.data.register import register_box_dataset
 
     cats = [{"id": i + 1, "name": f"cat{i}"} for i in range(365)]
-    rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
     register_box_dataset("bench_o365", "/nonexistent", json_file, cats)
+
+
+def _iterate(dicts) -> int:
+    """Touches every record's boxes, as a pass of the sampler over the dataset would."""
+    n = 0
+    for d in dicts:
+        n += len(d["boxes"])
+    return n
+
+
+def _child_json(json_file: str) -> None:
+    """BEFORE (json path, cache off): register, load, serialize (DatasetFromList); one json line."""
+    os.environ["DATASEG_COLUMNAR_CACHE"] = "0"
+    from detectron2.data import DatasetCatalog, DatasetFromList
+
+    rss_imports = _rss_mb()
+    _register(json_file)
     t1 = time.perf_counter()
     dicts = DatasetCatalog.get("bench_o365")
     t2 = time.perf_counter()
     n_boxes = int(sum(len(d["boxes"]) for d in dicts))
     n_images = len(dicts)
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_loaded = _rss_mb()
     ds = DatasetFromList(dicts, copy=False, serialize=True)
     del dicts
     t3 = time.perf_counter()
     _ = ds[len(ds) // 2]
-    print(json.dumps({"images": n_images, "boxes": n_boxes, "register_s": t1 - t0,
-                      "load_s": t2 - t1, "serialize_s": t3 - t2,
+    print(json.dumps({"images": n_images, "boxes": n_boxes, "load_s": t2 - t1,
+                      "serialize_s": t3 - t2,
                       "serialized_mb": ds._lst.nbytes / 2**20 + ds._addr.nbytes / 2**20,
-                      "max_rss_after_load_mb": rss_loaded / 1024,
-                      "rss_imports_mb": rss_imports / 1024,
-                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "max_rss_after_load_mb": rss_loaded, "rss_imports_mb": rss_imports,
+                      "max_rss_mb": _rss_mb()}))
 
 
-def bench_o365(scale: float) -> dict:
+def _child_columnar(json_file: str, iterate: bool) -> None:
+    """AFTER (columnar cache): register + DatasetCatalog.get (builds the cache when absent), then
+    optionally one pass over all records; one json line."""
+    from detectron2.data import DatasetCatalog
+
+    rss_imports = _rss_mb()
+    _register(json_file)
+    t0 = time.perf_counter()
+    ds = DatasetCatalog.get("bench_o365")
+    t1 = time.perf_counter()
+    out = {"images": len(ds), "type": type(ds).__name__, "load_s": t1 - t0,
+           "rss_imports_mb": rss_imports, "max_rss_after_load_mb": _rss_mb()}
+    if iterate:
+        out["boxes"] = _iterate(ds)
+        out["iterate_s"] = time.perf_counter() - t1
+    out["max_rss_mb"] = _rss_mb()
+    with open("/proc/self/status") as f:  # now: anonymous (own) vs file-backed (shared) pages
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                out[line.split(":")[0].lower() + "_mb"] = int(line.split()[1]) / 1024
+    print(json.dumps(out))
+
+
+def _child_rank(json_file: str, with_data: bool) -> None:
+    """One 'rank': imports, opens the dataset and iterates over it (or imports only), says
+    'ready' and waits on stdin so that the parent can read every rank's PSS at one moment."""
+    from detectron2.data import DatasetCatalog
+
+    if with_data:
+        _register(json_file)
+        _iterate(DatasetCatalog.get("bench_o365"))
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
+def _smaps_mb(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                out[key.lower()] = int(rest.split()[0]) / 1024
+    return out
+
+
+def _ranks_pss(json_file: str, n: int, with_data: bool, env: dict) -> dict:
+    cmd = [sys.executable, __file__, "--child-rank", json_file] + ([] if with_data else
+                                                                   ["--no-data"])
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=str(REPO), env=env) for _ in range(n)]
+    try:
+        for p in procs:
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"rank child failed (exit {p.wait()})")
+        wall = time.perf_counter() - t0
+        mem = [_smaps_mb(p.pid) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.stdin.write("\n")
+                p.stdin.flush()
+        for p in procs:
+            p.wait()
+    return {"pss_sum_mb": sum(m["pss"] for m in mem), "rss_max_mb": max(m["rss"] for m in mem),
+            "wall_s": wall}
+
+
+def _run_child(args: list, env: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__] + args, check=True, capture_output=True,
+                         text=True, cwd=str(REPO), env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_o365(scale: float, json_path: str = None, ranks: int = 8, skip_json: bool = False):
+    """Before (json path) and after (columnar cache: cold build, warm load, ranks) side by side
+    on one generated json; every measurement in a fresh subprocess."""
     n_img, n_box = max(1, int(O365_IMAGES * scale)), max(1, int(O365_BOXES * scale))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "o365_boxes.json"
-        t0 = time.perf_counter()
-        write_o365_json(path, n_img, n_box)
-        gen_s = time.perf_counter() - t0
-        out = subprocess.run([sys.executable, __file__, "--child", str(path)], check=True,
-                             capture_output=True, text=True, cwd=str(REPO))
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-        res.update(scale=scale, json_mb=path.stat().st_size / 2**20, generate_s=gen_s)
+        gen_s = None
+        path = Path(json_path) if json_path else Path(tmp) / "o365_boxes.json"
+        if not path.exists():
+            t0 = time.perf_counter()
+            write_o365_json(path, n_img, n_box)
+            gen_s = time.perf_counter() - t0
+        env = dict(os.environ, DATASEG_CACHE_DIR=str(Path(tmp) / "cache"),
+                   PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        res = {"scale": scale, "json_mb": path.stat().st_size / 2**20, "generate_s": gen_s}
+        if not skip_json:
+            res["before"] = _run_child(["--child-json", str(path)], env)
+        res["cold"] = _run_child(["--child-columnar", str(path)], env)
+        res["warm"] = _run_child(["--child-columnar", str(path), "--iterate"], env)
+        cache = list((Path(tmp) / "cache").glob("*.dtsgcol"))
+        res["cache_mb"] = cache[0].stat().st_size / 2**20
+        res["ranks"] = ranks
+        res["ranks_imports"] = _ranks_pss(str(path), ranks, False, env)
+        res["ranks_data"] = _ranks_pss(str(path), ranks, True, env)
     return res
 
 
@@ -150,28 +255,57 @@ def bench_mappers(repeats: int, images: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of Objects365 size")
+    ap.add_argument("--json", help="use (or generate once into) this json instead of a temp one")
+    ap.add_argument("--ranks", type=int, default=8, help="processes for the PSS measurement")
+    ap.add_argument("--skip-json-path", action="store_true",
+                    help="do not measure the json path (before)")
     ap.add_argument("--repeats", type=int, default=5, help="mapper timing repeats (median)")
     ap.add_argument("--images", type=int, default=8, help="images per mapper benchmark")
     ap.add_argument("--skip-mappers", action="store_true")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child-json", help=argparse.SUPPRESS)
+    ap.add_argument("--child-columnar", help=argparse.SUPPRESS)
+    ap.add_argument("--child-rank", help=argparse.SUPPRESS)
+    ap.add_argument("--iterate", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-data", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        return _child(args.child)
+    if args.child_json:
+        return _child_json(args.child_json)
+    if args.child_columnar:
+        return _child_columnar(args.child_columnar, args.iterate)
+    if args.child_rank:
+        return _child_rank(args.child_rank, not args.no_data)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not args.skip_mappers:
         print(f"mapper throughput (640x480 input, 1 process, median of {args.repeats}):")
         for k, v in bench_mappers(args.repeats, args.images).items():
             print(f"  {k:24s} {v:7.1f} img/s")
-    res = bench_o365(args.scale)
-    print(f"Objects365-sized box set at scale {res['scale']}: {res['images']} images, "
-          f"{res['boxes']} boxes, json {res['json_mb']:.0f} MB (generated in "
-          f"{res['generate_s']:.0f} s)")
-    print(f"  register {res['register_s'] * 1e3:.2f} ms; load {res['load_s']:.1f} s; "
-          f"serialize (DatasetFromList) {res['serialize_s']:.1f} s -> "
-          f"{res['serialized_mb']:.0f} MB")
-    print(f"  max RSS after load {res['max_rss_after_load_mb']:.0f} MB; "
-          f"max RSS overall {res['max_rss_mb']:.0f} MB (of which imports "
-          f"{res['rss_imports_mb']:.0f} MB)")
+    res = bench_o365(args.scale, args.json, args.ranks, args.skip_json_path)
+    c, w = res["cold"], res["warm"]
+    gen = "" if res["generate_s"] is None else f", generated in {res['generate_s']:.0f} s"
+    print(f"Objects365-sized box set: {c['images']} images, {w['boxes']} boxes (non-crowd), "
+          f"json {res['json_mb']:.0f} MB{gen}")
+    print(json.dumps(res))
+    b = res.get("before")
+    if b:
+        print(f"  BEFORE json path: load {b['load_s']:.1f} s, peak RSS {b['max_rss_mb']:.0f} MB "
+              f"(after load {b['max_rss_after_load_mb']:.0f} MB, imports "
+              f"{b['rss_imports_mb']:.0f} MB); DatasetFromList serialize {b['serialize_s']:.1f} s "
+              f"-> {b['serialized_mb']:.0f} MB per process; {res['ranks']} ranks would hold "
+              f">= {res['ranks'] * b['max_rss_mb'] / 1024:.1f} GB at peak ({res['ranks']} x one "
+              f"rank's peak; not run)")
+    print(f"  AFTER columnar cache ({res['cache_mb']:.0f} MB file): cold build {c['load_s']:.1f} s"
+          f" (peak RSS {c['max_rss_mb']:.0f} MB); warm load {w['load_s']:.3f} s; one pass over "
+          f"all records {w['iterate_s']:.1f} s; rank peak RSS {w['max_rss_mb']:.0f} MB (imports "
+          f"{w['rss_imports_mb']:.0f} MB)")
+    ri, rd = res["ranks_imports"], res["ranks_data"]
+    share = rd["pss_sum_mb"] - ri["pss_sum_mb"]
+    print(f"  {res['ranks']} ranks, summed PSS: imports only {ri['pss_sum_mb']:.0f} MB; open + "
+          f"iterate {rd['pss_sum_mb']:.0f} MB (dataset's share {share:.0f} MB); max RSS of a "
+          f"rank {rd['rss_max_mb']:.0f} MB")
+    if b:
+        print(f"  ratios: load {b['load_s'] / w['load_s']:.0f}x faster warm, "
+              f"{b['load_s'] / c['load_s']:.1f}x faster cold; peak RSS "
+              f"{b['max_rss_mb'] / w['max_rss_mb']:.1f}x lower per rank")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def main(argv=None):
                    help="do not parse the (large) box jsons, only check they exist")
     args = p.parse_args(argv)
     from dataseg.data.builtin import load_vocabulary
+    from dataseg.data.columnar import ensure_box_cache
 
     vocab = load_vocabulary("objects365_v2")
     o365 = require(dataset_root(args.root) / "objects365", "Objects365 folder")
@@ -58,6 +59,8 @@ def main(argv=None):
         json_path = require(ann_dir / f"zhiyuan_objv2_{split}.json", "Objects365 json")
         if not args.skip_box_json:
             check_categories(json_path, json.loads(json_path.read_text()), vocab)
+            # Columnar hook (issue 12): parse the box json once into its memory-mapped cache.
+            print(f"columnar cache: {ensure_box_cache(str(json_path)).path}")
     src = ann_dir / "o365_instance_seg_val.json"
     dst = ann_dir / "o365_instance_seg_val_d2.json"
     if not src.exists():

@@ -6,7 +6,6 @@
 """
 import logging
 from collections.abc import Sequence
-from typing import List
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from detectron2.data.samplers import InferenceSampler
 from detectron2.utils import comm
 
 from ..config import per_train_dataset
+from .columnar import ColumnarBoxDataset
 from .loading import set_skip_bad_records
 from .mappers import build_test_mapper, build_train_mapper
 from .register_files import RegisterDatasetFiles
@@ -76,10 +76,12 @@ def _has_targets(record: dict) -> bool:
     return True  # semantic / panoptic records: targets are in the label files
 
 
-def get_train_dataset_dicts(cfg, dataset_name: str) -> List[dict]:
+def get_train_dataset_dicts(cfg, dataset_name: str) -> Sequence:
     """Records of one training dataset, tagged with "dataset_name"; empty ones dropped when
     cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS (instance/box data, as Detectron2 does)."""
     dicts = DatasetCatalog.get(dataset_name)
+    if isinstance(dicts, ColumnarBoxDataset):  # lazy, memory-mapped: filter without materialising
+        return dicts.nonempty() if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS else dicts
     for d in dicts:
         d["dataset_name"] = dataset_name
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
@@ -102,8 +104,11 @@ def build_multi_dataset_train_loader(cfg) -> torch.utils.data.DataLoader:
     datasets = []
     for name in names:
         dicts = get_train_dataset_dicts(cfg, name)
-        datasets.append(_MapDataset(DatasetFromList(dicts, copy=False),
-                                   build_train_mapper(cfg, name)))
+        # A lazy (columnar) dataset is used as is: DatasetFromList(serialize=True) would pickle
+        # every record into each process, the copy the memory-mapped cache exists to avoid.
+        if not isinstance(dicts, torch.utils.data.Dataset):
+            dicts = DatasetFromList(dicts, copy=False)
+        datasets.append(_MapDataset(dicts, build_train_mapper(cfg, name)))
     ratios = per_train_dataset(cfg, "TRAIN_RATIOS", 1.0)
     batch_sizes = [int(b) or cfg.SOLVER.IMS_PER_BATCH
                    for b in per_train_dataset(cfg, "TRAIN_BATCH_SIZES", 0)]

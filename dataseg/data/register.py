@@ -15,8 +15,9 @@ from typing import List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .columnar import load_box_dataset
 from .dataset_info import visualizer_fields
-from .loading import load_box_dicts, load_instance_dicts, load_panoptic_dicts, load_semantic_dicts
+from .loading import load_instance_dicts, load_panoptic_dicts, load_semantic_dicts
 
 __all__ = [
     "register_semantic_dataset",
@@ -191,13 +192,15 @@ def register_box_dataset(name: str, image_root: str, json_file: str, categories:
                          replace: bool = False, **extra_metadata) -> None:
     """Registers a COCO json used as boxes only (e.g. Objects365); every class is a thing.
 
-    Records are memory-lean (``boxes`` / ``box_classes`` arrays, see dataseg.data.loading).
+    Records are memory-lean (``boxes`` / ``box_classes`` arrays, see dataseg.data.loading);
+    the loader returns a lazy, memory-mapped ``ColumnarBoxDataset`` (dataseg.data.columnar).
     """
     _check_name(name, replace)
     _check_augmentation(name, augmentation)
     cats = _normalise_categories(name, categories, force_thing=True)
     image_root, json_file = str(image_root), str(json_file)
-    DatasetCatalog.register(name, lambda: load_box_dicts(name, image_root, json_file, cats))
+    # Columnar hook (issue 12): a memory-mapped cache of the json, json path as the fallback.
+    DatasetCatalog.register(name, lambda: load_box_dataset(name, image_root, json_file, cats))
     _set_metadata(name, task="box", evaluator_type=evaluator_type, augmentation=augmentation,
                   image_root=image_root, json_file=json_file, **_contract_metadata(cats),
                   **extra_metadata)
