@@ -13,8 +13,9 @@ Crowd annotations (``iscrowd=1``) give no target in panoptic and instance data, 
 Mask2Former: their pixels belong to no ground-truth mask.
 
 Bad files raise :class:`~dataseg.data.loading.DatasetFormatError` naming them; with
-``skip_bad_records`` (cfg.DATASETS.SKIP_BAD_RECORDS) the mapper returns None instead, which
-Detectron2's ``MapDataset`` answers by drawing another record, and logs a warning with a count.
+``skip_bad_records`` (cfg.DATASETS.SKIP_BAD_RECORDS) the mapper returns None instead and logs
+a warning with a count. The training loader answers None by drawing another record; the test
+loader (``build.build_test_loader``) leaves the record out, so no image is evaluated twice.
 """
 import copy
 import logging
