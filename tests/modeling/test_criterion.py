@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from detectron2.config import get_cfg
+from naive_losses import cross_entropy, dice, flat, mean_focal, projection, sigmoid
 
 from dataseg.config import add_dataseg_config
 from dataseg.modeling.criterion import SetCriterion
@@ -83,3 +84,151 @@ def test_match_empty_merged_from_config():
     assert SetCriterion(cfg).match_empty_merged is True
     cfg.MODEL.DATASEG.MATCH_EMPTY_MERGED = False
     assert SetCriterion(cfg).match_empty_merged is False
+
+
+# ------------------------------------------------------ loss values, written out by hand
+H, W = 2, 3
+WEIGHTS = {"class_weight": 3.0, "focal_weight": 7.0, "dice_weight": 11.0, "proj_weight": 13.0,
+           "no_object_weight": 0.2, "focal_alpha": 0.3, "focal_gamma": 1.5}
+
+
+def _criterion(**kw):
+    args = dict(WEIGHTS, num_points=H * W)
+    args.update(kw)
+    matcher = HungarianMatcher(cost_class=args["class_weight"], cost_focal=args["focal_weight"],
+                               cost_dice=args["dice_weight"], cost_proj=args["proj_weight"],
+                               num_points=H * W, focal_alpha=args["focal_alpha"],
+                               focal_gamma=args["focal_gamma"])
+    return SetCriterion(matcher=matcher, **args)
+
+
+def _prediction_set(seed, b=2, q=4, k=2):
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.ones(b, q, dtype=torch.bool)
+    valid[1, 2] = False  # an absorbed proposal: no loss at all
+    return {"pred_logits": torch.randn(b, q, k + 1, generator=g) * 2,
+            "pred_masks": torch.randn(b, q, H, W, generator=g) * 3, "valid": valid}
+
+
+def _mask_targets():
+    m0 = torch.tensor([[[1, 1, 0], [0, 1, 0]], [[0, 0, 1], [1, 0, 1]]], dtype=torch.bool)
+    m1 = torch.tensor([[[1, 0, 0], [1, 1, 1]]], dtype=torch.bool)
+    return [{"labels": torch.tensor([1, 0]), "masks": m0},
+            {"labels": torch.tensor([1]), "masks": m1}]
+
+
+def _naive_class_loss(out, targets, indices, no_object_weight):
+    """Sum over valid predictions of w * CE / sum of w: w = 1 for a matched prediction (its
+    target's class), no_object_weight for an unmatched one (the background class K)."""
+    logits = out["pred_logits"]
+    k = logits.shape[-1] - 1
+    num = den = 0.0
+    for b in range(logits.shape[0]):
+        matched = {int(s): int(targets[b]["labels"][int(t)]) for s, t in zip(*indices[b])}
+        for q in range(logits.shape[1]):
+            if not bool(out["valid"][b, q]):
+                continue
+            cls = matched.get(q, k)
+            w = 1.0 if cls < k else no_object_weight
+            num += w * cross_entropy(flat(logits[b, q]), cls)
+            den += w
+    return num / den
+
+
+def _naive_losses(crit, out, targets):
+    """Every loss of one prediction set from the matcher's assignment, by hand."""
+    indices = crit.matcher(out, targets)
+    n = max(sum(len(t["labels"]) for t in targets), 1)
+    w = WEIGHTS
+    losses = {"loss_ce": w["class_weight"] * _naive_class_loss(out, targets, indices,
+                                                                w["no_object_weight"])}
+    pairs = [(b, int(s), int(t)) for b, (src, tgt) in enumerate(indices)
+             for s, t in zip(src, tgt)]
+    if "masks" in targets[0]:
+        focal = dice_sum = 0.0
+        for b, s, t in pairs:
+            x = flat(out["pred_masks"][b, s])
+            y = flat(targets[b]["masks"][t].float())
+            focal += mean_focal(x, y, w["focal_alpha"], w["focal_gamma"])
+            dice_sum += dice([sigmoid(v) for v in x], y)
+        losses["loss_focal"] = w["focal_weight"] * focal / n
+        losses["loss_dice"] = w["dice_weight"] * dice_sum / n
+    else:
+        proj = 0.0
+        for b, s, t in pairs:
+            tx, ty = targets[b]["hand_tx"][t], targets[b]["hand_ty"][t]
+            proj += projection(out["pred_masks"][b, s].tolist(), tx, ty)
+        losses["loss_proj"] = w["proj_weight"] * proj / n
+    return losses, pairs
+
+
+def test_mask_losses_on_matched_targets_by_hand(exact_matcher_points, exact_loss_points):
+    """CE with the no-object weight on unmatched valid predictions, focal (alpha, gamma) and
+    dice on the matched pairs, each divided by the number of targets in the batch (3) and
+    multiplied by its weight; an absorbed (invalid) prediction adds nothing."""
+    exact_matcher_points(H, W)
+    exact_loss_points(H, W)
+    crit = _criterion()
+    out, targets = _prediction_set(0), _mask_targets()
+    losses = crit(out, targets)
+    expected, pairs = _naive_losses(crit, out, targets)
+    assert len(pairs) == 3
+    assert set(losses) == {"loss_ce", "loss_focal", "loss_dice"}
+    for key, value in expected.items():
+        assert float(losses[key]) == pytest.approx(value, rel=1e-5), key
+
+
+def test_no_object_weight_changes_the_class_loss(exact_matcher_points, exact_loss_points):
+    """The same predictions with no-object weight 1.0 give the plain mean CE over the valid
+    predictions (7 of 8), matched ones with their class, the rest with background."""
+    exact_matcher_points(H, W)
+    exact_loss_points(H, W)
+    out, targets = _prediction_set(1), _mask_targets()
+    crit = _criterion(no_object_weight=1.0)
+    indices = crit.matcher(out, targets)
+    plain = _naive_class_loss(out, targets, indices, 1.0)
+    weighted = _naive_class_loss(out, targets, indices, 0.2)
+    assert abs(plain - weighted) > 1e-3  # the case tells the two apart
+    assert float(crit.loss_labels(out, targets, indices)) == pytest.approx(plain, rel=1e-5)
+    crit02 = _criterion()
+    assert float(crit02.loss_labels(out, targets, indices)) == pytest.approx(weighted, rel=1e-5)
+
+
+def test_box_losses_on_matched_targets_by_hand(exact_matcher_points):
+    exact_matcher_points(H, W)
+    crit = _criterion()
+    out = _prediction_set(2)
+    # 2x3 grid: cell centres x = 1/6, 1/2, 5/6; y = 1/4, 3/4
+    targets = [{"labels": torch.tensor([0, 1]),
+                "boxes": torch.tensor([[0.0, 0.0, 0.6, 0.5], [0.4, 0.0, 1.0, 1.0]]),
+                "hand_tx": [[1, 1, 0], [0, 1, 1]], "hand_ty": [[1, 0], [1, 1]]},
+               {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.7, 0.6, 0.9, 0.9]]),
+                "hand_tx": [[0, 0, 1]], "hand_ty": [[0, 1]]}]
+    losses = crit(out, targets)
+    expected, pairs = _naive_losses(crit, out, targets)
+    assert len(pairs) == 3 and set(losses) == {"loss_ce", "loss_proj"}
+    for key, value in expected.items():
+        assert float(losses[key]) == pytest.approx(value, rel=1e-5), key
+
+
+def test_deep_supervision_every_aux_set_and_dataset_multiplier(exact_matcher_points,
+                                                                exact_loss_points):
+    """Each auxiliary set gets its own matching and the same losses, suffixed _0, _1, ...; the
+    per-dataset multiplier (loss_scale) multiplies every term of every set."""
+    exact_matcher_points(H, W)
+    exact_loss_points(H, W)
+    crit = _criterion()
+    targets = _mask_targets()
+    out = _prediction_set(3)
+    aux = [_prediction_set(4), _prediction_set(5)]
+    losses = crit(dict(out, aux_outputs=aux), targets, loss_scale=0.5)
+    assert len(losses) == 3 * 3
+    sets = [("", out), ("_0", aux[0]), ("_1", aux[1])]
+    total = 0.0
+    for suffix, pred in sets:
+        expected, _ = _naive_losses(crit, pred, targets)
+        for key, value in expected.items():
+            assert float(losses[key + suffix]) == pytest.approx(0.5 * value, rel=1e-5), \
+                key + suffix
+            total += 0.5 * value
+    assert float(sum(losses.values())) == pytest.approx(total, rel=1e-5)
