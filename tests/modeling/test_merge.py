@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dataseg.modeling.merge import classes_to_merge, merge_predictions
+from dataseg.modeling.merge import classes_to_merge, merge_for_task, merge_predictions
 
 K = 3  # classes 0..2, background = index 3
 
@@ -56,3 +56,54 @@ def test_merge_tasks():
     assert classes_to_merge("box", thing).tolist() == []
     with pytest.raises(ValueError, match="unknown task"):
         classes_to_merge("depth", thing)
+
+
+def test_merge_nothing_to_merge_passes_through():
+    """Instance / box data: no merged entry; predictions unchanged, all valid, zero counts."""
+    logits, masks = torch.randn(2, 3, K + 1), torch.randn(2, 3, 4, 5)
+    out = merge_predictions(logits, masks, torch.zeros(0, dtype=torch.long))
+    assert out["pred_logits"] is logits and out["pred_masks"] is masks
+    assert out["valid"].dtype == torch.bool and out["valid"].shape == (2, 3)
+    assert bool(out["valid"].all())
+    assert out["num_merged"] == 0 and out["counts"].shape == (2, 0)
+    assert out["merged_classes"].tolist() == []
+
+
+def test_merge_rejects_classes_out_of_range():
+    logits, masks = torch.randn(1, 2, K + 1), torch.randn(1, 2, 3, 3)
+    with pytest.raises(ValueError, match=r"merge_classes must lie in \[0, 3\), got \[0, 3\]"):
+        merge_predictions(logits, masks, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"got \[-1\]"):
+        merge_predictions(logits, masks, torch.tensor([-1]))
+
+
+def test_merge_batch_of_two_counts_and_outputs():
+    """Two images with different argmaxes: each image merges its own proposals."""
+    logits = torch.cat([_logits([0, 0, 2]), _logits([1, 3, 1])])
+    masks = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 1, 2)
+    out = merge_predictions(logits, masks, torch.tensor([0, 1, 2]))
+    assert out["counts"].tolist() == [[2.0, 0.0, 1.0], [0.0, 2.0, 0.0]]
+    assert out["merged_classes"].tolist() == [0, 1, 2]
+    assert out["valid"].dtype == torch.bool
+    assert out["valid"].tolist() == [[True] * 3 + [False, False, False],
+                                     [True] * 3 + [False, True, False]]
+    m = out["pred_masks"]
+    assert m.shape == (2, 6, 1, 2)
+    torch.testing.assert_close(m[0, 0], masks[0, :2].amax(0))
+    torch.testing.assert_close(m[0, 2], masks[0, 2])
+    torch.testing.assert_close(m[1, 1], masks[1, [0, 2]].amax(0))
+    assert (m[0, 1] == -100).all() and (m[1, 0] == -100).all() and (m[1, 2] == -100).all()
+    torch.testing.assert_close(m[:, 3:], masks)
+    torch.testing.assert_close(out["pred_logits"][1, 1], (logits[1, 0] + logits[1, 2]) /
+                               (2 + 1e-6))
+    torch.testing.assert_close(out["pred_logits"][:, 3:], logits)
+
+
+def test_merge_for_task_passes_eps_and_empty_logit():
+    is_thing = torch.tensor([True, False, False])
+    logits, masks = _logits([0, 1, 1]), torch.randn(1, 3, 2, 2)
+    out = merge_for_task(logits, masks, "panoptic", is_thing, eps=0.5, empty_logit=-7.0)
+    assert out["num_merged"] == 2 and out["merged_classes"].tolist() == [1, 2]
+    torch.testing.assert_close(out["pred_logits"][0, 0], (logits[0, 1] + logits[0, 2]) / 2.5)
+    assert (out["pred_masks"][0, 1] == -7.0).all()
+    assert merge_for_task(logits, masks, "box", is_thing)["num_merged"] == 0
