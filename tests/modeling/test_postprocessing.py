@@ -11,6 +11,7 @@ from dataseg.modeling.postprocessing import (
     instance_inference,
     masks_to_boxes,
     panoptic_inference,
+    resize_mask_logits,
     semantic_inference,
 )
 
@@ -208,3 +209,16 @@ def test_semantic_scores_exclude_background_and_use_sigmoid():
     expected = torch.tensor([[[0.6 * 0.8 + 0.2 * 0.5, 0.6 * 0.25 + 0.2 * 0.9]],
                              [[0.1 * 0.8 + 0.5 * 0.5, 0.1 * 0.25 + 0.5 * 0.9]]])
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------- resizing
+def test_resize_mask_logits_upsamples_crops_then_resizes():
+    """(1, 2, 2) logits, columns [1, -1]: bilinear (half-pixel centres) to the padded 4x4 gives
+    columns [1, 0.5, -0.5, -1]; the image is the left 4x2 -> [1, 0.5]; resized to 4x4 ->
+    [1, 0.875, 0.625, 0.5]."""
+    logits = torch.tensor([[[1.0, -1.0], [1.0, -1.0]]])
+    out = resize_mask_logits(logits, (4, 4), (4, 2), (4, 4))
+    expected = torch.tensor([1.0, 0.875, 0.625, 0.5]).expand(4, 4)
+    torch.testing.assert_close(out[0], expected)
+    same = resize_mask_logits(logits, (4, 4), (4, 2), (4, 2))  # already the output size
+    torch.testing.assert_close(same[0], torch.tensor([1.0, 0.5]).expand(4, 2))
