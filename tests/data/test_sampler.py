@@ -65,10 +65,27 @@ def test_deterministic_and_seed_dependent():
     (dict(batch_sizes=[4, 0, 2]), "batch size 0"),
     (dict(dataset_sizes=[5, 0, 3]), "non-empty"),
     (dict(rank=2, world_size=2), "rank 2"),
+    (dict(rank=-1), r"rank -1 not in \[0, 1\)"),
+    (dict(dataset_sizes=[]), "no datasets"),
 ])
 def test_bad_arguments(kwargs, match):
     args = dict(dataset_sizes=SIZES, ratios=[1, 1, 1], batch_sizes=[2, 2, 2], seed=0)
     args.update(kwargs)
+    if args["dataset_sizes"] == []:
+        args.update(ratios=[], batch_sizes=[])
     with pytest.raises(ValueError, match=match):
         MultiDatasetBatchSampler(args.pop("dataset_sizes"), args.pop("ratios"),
                                  args.pop("batch_sizes"), **args)
+
+
+def test_dataset_smaller_than_its_batch_and_offsets():
+    """A 3-image dataset with batch 5: every run of 3 consecutive draws is a permutation of
+    its images (passes are not cut), indices are offset past the first dataset (size 4)."""
+    s = MultiDatasetBatchSampler([4, 3], [0, 1], [2, 5], seed=1)
+    flat = [i for b in _take(s, 6) for i in b]
+    assert len(flat) == 30 and set(flat) == {4, 5, 6}
+    assert all(sorted(flat[p:p + 3]) == [4, 5, 6] for p in range(0, 30, 3))
+    # ratio 0 never draws the first dataset; ratios are normalised
+    assert s.ratios.tolist() == [0.0, 1.0]
+    assert MultiDatasetBatchSampler([4, 3], [1, 3], [2, 5], seed=1).ratios.tolist() == [
+        0.25, 0.75]
