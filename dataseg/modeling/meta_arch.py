@@ -190,14 +190,15 @@ class DaTaSeg(nn.Module):
         features = self.backbone(images.tensor)
         mask_features, multi_scale = self.pixel_decoder(features)
         want_aux = self.training and self.deep_supervision
-        dec = self.transformer_decoder(multi_scale, mask_features, return_aux=want_aux)
+        dec = self.transformer_decoder(multi_scale, mask_features, return_aux=want_aux,
+                                       dataset=name)
         text_embed, is_thing = self.vocabulary.get(name, self.device)
-        logits = self.classifier(dec["class_embeds"], text_embed)
+        logits = self.classifier(dec["class_embeds"], text_embed, dataset=name)
         outputs = self._merge(logits, dec["pred_masks"], task, is_thing)
 
         if self.training:
             outputs["aux_outputs"] = [
-                self._merge(self.classifier(a["class_embeds"], text_embed), a["pred_masks"],
+                self._merge(self.classifier(a["class_embeds"], text_embed, name), a["pred_masks"],
                             task, is_thing) for a in dec.get("aux_outputs", [])]
             targets = self.prepare_targets(batched_inputs, images, task, name, len(text_embed))
             return self.criterion(outputs, targets,
