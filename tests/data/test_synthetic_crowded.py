@@ -52,7 +52,8 @@ def test_preset_from_cfg_generates_its_own_registered_world(tmp_path):
                          "crowded", "DATASETS.SYNTHETIC.IMAGE_SIZE", "64",
                          "DATASETS.SYNTHETIC.NUM_SEMANTIC_TRAIN", "2",
                          "DATASETS.SYNTHETIC.NUM_PANOPTIC_TRAIN", "2",
-                         "DATASETS.SYNTHETIC.NUM_BOX_TRAIN", "2", "DATASETS.SYNTHETIC.NUM_VAL", "2"])
+                         "DATASETS.SYNTHETIC.NUM_BOX_TRAIN", "2",
+                         "DATASETS.SYNTHETIC.NUM_VAL", "2"])
     params = SyntheticWorldParams.from_cfg(cfg)
     default = SyntheticWorldParams(**{**params.__dict__, "preset": "default"})
     assert params.preset == "crowded"

@@ -3,7 +3,7 @@ project's optimizer, and its per-dataset copies only learn from their own datase
 import pytest
 import torch
 from detectron2.modeling import build_model
-from test_model_e2e import D, IS_THING, K, _box_batch, _pan_batch, _sem_batch, tiny_cfg
+from test_model_e2e import IS_THING, D, K, _box_batch, _pan_batch, _sem_batch, tiny_cfg
 
 from dataseg.engine.optimizer import build_optimizer
 from dataseg.modeling.dataset_specific import DatasetIndex
