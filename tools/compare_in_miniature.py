@@ -299,6 +299,16 @@ def record_run(spec: RunSpec, out_dir: Path, run_file: Path, wall_s: Optional[fl
     return record
 
 
+def _evaluated_with(record: Optional[Dict], commit: str) -> bool:
+    """Whether ``record`` was evaluated by code that contains ``commit`` ("" = never)."""
+    if not record or not commit:
+        return False
+    evaluated = record.get("evaluated_commit", "unknown").split("+")[0]
+    proc = subprocess.run(["git", "merge-base", "--is-ancestor", commit, evaluated], cwd=REPO,
+                          capture_output=True)
+    return proc.returncode == 0
+
+
 def execute(spec: RunSpec, args, images: Dict[str, float]) -> Optional[Dict]:
     """Trains (or, with --reevaluate, re-evaluates) one run; returns its record."""
     run_file = Path(args.results) / "runs" / f"{spec.run_id()}.json"
@@ -306,7 +316,7 @@ def execute(spec: RunSpec, args, images: Dict[str, float]) -> Optional[Dict]:
     log = out_dir.with_suffix(".log")
     have = json.loads(run_file.read_text()) if run_file.exists() else None
     ckpt = out_dir / "model_final.pth"
-    if args.reevaluate and ckpt.exists():
+    if args.reevaluate and ckpt.exists() and not _evaluated_with(have, args.reevaluate_unless):
         cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", args.config,
                "--eval-only"] + spec.opts() + ["OUTPUT_DIR", str(out_dir),
                                                "MODEL.WEIGHTS", str(ckpt)]
@@ -520,6 +530,9 @@ def main(argv=None):
     parser.add_argument("--rerun", action="store_true", help="retrain finished runs")
     parser.add_argument("--reevaluate", action="store_true",
                         help="re-evaluate runs whose checkpoint is in --out with today's code")
+    parser.add_argument("--reevaluate-unless", default="", metavar="COMMIT",
+                        help="with --reevaluate: skip runs already evaluated by code that "
+                             "contains COMMIT (e.g. an inference fix)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: tables from the stored per-run files")
     parser.add_argument("--order", choices=["seed", "row"], default="seed",
