@@ -72,6 +72,11 @@ def add_dataseg_config(cfg):
     # MERGE (eq. 1, 2): epsilon in the class-logit average and the logit of empty merged masks.
     cfg.MODEL.DATASEG.MERGE_EPS = 1e-6
     cfg.MODEL.DATASEG.MERGE_EMPTY_LOGIT = -100.0
+    # Whether merged entries that no proposal predicts (class logits 0, mask MERGE_EMPTY_LOGIT:
+    # constants without gradient) take part in Hungarian matching. True: eq. (2) read literally,
+    # a ground truth matched to one gets no gradient; False: they are left out of matching (they
+    # still count as "no object" in the class loss, a constant). Inference skips them either way.
+    cfg.MODEL.DATASEG.MATCH_EMPTY_MERGED = True
 
     # Losses (eq. 4) and matching costs (eq. 5); cost weights equal loss weights (M2F).
     # Cross-entropy weight on classes (M2F default 2.0) and its no-object weight (0.1).

@@ -35,9 +35,11 @@ class SetCriterion(nn.Module):
                  focal_weight: float = 5.0, dice_weight: float = 5.0, proj_weight: float = 5.0,
                  no_object_weight: float = 0.1, num_points: int = 12544,
                  oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 match_empty_merged: bool = True):
         super().__init__()
         self.matcher = matcher
+        self.match_empty_merged = match_empty_merged
         self.class_weight = class_weight
         self.focal_weight = focal_weight
         self.dice_weight = dice_weight
@@ -57,7 +59,8 @@ class SetCriterion(nn.Module):
                 "proj_weight": d.PROJ_WEIGHT, "no_object_weight": d.NO_OBJECT_WEIGHT,
                 "num_points": d.TRAIN_NUM_POINTS, "oversample_ratio": d.OVERSAMPLE_RATIO,
                 "importance_sample_ratio": d.IMPORTANCE_SAMPLE_RATIO,
-                "focal_alpha": d.FOCAL_ALPHA, "focal_gamma": d.FOCAL_GAMMA}
+                "focal_alpha": d.FOCAL_ALPHA, "focal_gamma": d.FOCAL_GAMMA,
+                "match_empty_merged": d.MATCH_EMPTY_MERGED}
 
     def loss_labels(self, outputs, targets, indices) -> torch.Tensor:
         """Weighted CE over K+1 classes on valid predictions; unmatched ones -> no-object."""
@@ -106,8 +109,18 @@ class SetCriterion(nn.Module):
             return {"loss_proj": outputs["pred_masks"].float().sum() * 0.0}
         return {"loss_proj": self.proj_weight * projection_loss(src, tgt).sum() / num_masks}
 
+    def _matching_outputs(self, outputs):
+        """``outputs`` with empty merged entries (no member proposal) marked invalid for
+        matching when ``match_empty_merged`` is False; unchanged otherwise."""
+        m = outputs.get("num_merged", 0)
+        if self.match_empty_merged or not m or "counts" not in outputs:
+            return outputs
+        valid = outputs["valid"].clone()
+        valid[:, :m] &= outputs["counts"] > 0
+        return {**outputs, "valid": valid}
+
     def _losses_one_set(self, outputs, targets, num_masks):
-        indices = self.matcher(outputs, targets)
+        indices = self.matcher(self._matching_outputs(outputs), targets)
         losses = {"loss_ce": self.class_weight * self.loss_labels(outputs, targets, indices)}
         if all("masks" in t for t in targets):
             losses.update(self.loss_masks(outputs, targets, indices, num_masks))

@@ -48,9 +48,11 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
 def panoptic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor,
                        is_thing: torch.Tensor, object_mask_threshold: float = 0.8,
                        overlap_threshold: float = 0.8) -> Tuple[torch.Tensor, List[Dict]]:
-    """Non-overlapping segments: keep confident queries, give each pixel to the query with the
-    highest score * mask probability, drop segments mostly hidden by others, fuse stuff of one
-    class. Returns (IntTensor HxW with 0 = void, segments_info)."""
+    """Non-overlapping segments (Mask2Former's rule): keep queries whose class score exceeds
+    ``object_mask_threshold``; give each pixel to the kept query with the highest score * mask
+    probability (its "owner"); drop a query when |owner == q| / |p_q >= 0.5| is below
+    ``overlap_threshold``; its segment is owner == q and p_q >= 0.5; stuff of one class is
+    fused into one segment. Returns (IntTensor HxW with 0 = void, segments_info)."""
     k = class_logits.shape[-1] - 1
     scores, labels = class_logits.float().softmax(-1).max(-1)
     keep = (labels != k) & (scores > object_mask_threshold)
@@ -69,9 +71,14 @@ def panoptic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor,
         cls = int(labels[q])
         thing = bool(is_thing[cls])
         full = probs[q] >= 0.5
-        mask = (owner == q) & full
-        area, full_area = int(mask.sum()), int(full.sum())
-        if area == 0 or full_area == 0 or area / full_area < overlap_threshold:
+        won = owner == q
+        mask = won & full
+        # Mask2Former's rule: the ratio is |owner == q| / |p_q >= 0.5| (pixels the query wins
+        # over its own confident pixels); the segment is the won pixels that are confident
+        won_area, full_area = int(won.sum()), int(full.sum())
+        if won_area == 0 or full_area == 0 or not bool(mask.any()):
+            continue
+        if won_area / full_area < overlap_threshold:
             continue
         if not thing and cls in stuff_ids:
             panoptic_seg[mask] = stuff_ids[cls]
@@ -87,18 +94,22 @@ def panoptic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor,
 
 def instance_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor,
                        top_k: int = 100, is_thing: torch.Tensor = None) -> Instances:
-    """Top-k (query, class) pairs; score = class probability * mean mask probability inside the
-    binary mask; boxes tight around the masks. Overlaps are allowed."""
-    q, k1 = class_logits.shape
-    k = k1 - 1
+    """Top-k (query, class) pairs over the thing classes (all classes when ``is_thing`` is
+    None or has no thing); score = class probability * mean mask probability inside the binary
+    mask; boxes tight around the masks. Overlaps are allowed. At most queries x classes
+    detections, so a vocabulary with stuff classes never yields stuff labels."""
+    q = class_logits.shape[0]
     h, w = mask_logits.shape[-2:]
     probs = class_logits.float().softmax(-1)[:, :-1]
+    class_ids = torch.arange(probs.shape[1], device=probs.device)
     if is_thing is not None and bool(is_thing.any()):
-        probs = probs * is_thing.to(probs.device).float()[None]
+        class_ids = class_ids[is_thing.to(probs.device).bool()]
+        probs = probs[:, class_ids]
+    k = len(class_ids)
     top_k = min(top_k, q * k)
     scores, flat_idx = probs.flatten().topk(top_k)
     query_idx = torch.div(flat_idx, k, rounding_mode="floor")
-    labels = flat_idx % k
+    labels = class_ids[flat_idx % k]
     mask_prob = mask_logits[query_idx].float().sigmoid()
     masks = mask_prob > 0.5
     mask_scores = (mask_prob * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
