@@ -441,6 +441,14 @@ def claim_tests(table: str, records: Dict[str, List[Dict]], args, baseline) -> L
     for claim, t, a, b, col in CLAIMS:
         if t != table or a not in records or b not in records:
             continue
+        seeds_a = {r["seed"] for r in records[a] if r["seed"] in args.seeds}
+        seeds_b = {r["seed"] for r in records[b] if r["seed"] in args.seeds}
+        if not seeds_a & seeds_b:  # one line, not one per metric
+            out.append({"claim": claim, "a": a, "b": b, "metric": col or "all", "n": 0,
+                        "mean_diff": float("nan"), "ci_low": float("nan"),
+                        "ci_high": float("nan"), "p": float("nan"),
+                        "verdict": "not yet measured"})
+            continue
         for title in [col] if col else [c[0] for c in COLUMNS]:
             va = column_values(records[a], args.seeds, title)
             vb = column_values(records[b], args.seeds, title)
