@@ -492,6 +492,17 @@ def plot(table: str, rows: List[Row], data: Dict, path: Path, baseline: Optional
     plt.close(fig)
 
 
+def strict_json(obj):
+    """``obj`` with NaN/inf floats as None (standard JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def parse_extra_row(text: str, table: str) -> Row:
     """'NAME=COMBO:KEY VALUE KEY VALUE' -> Row (COMBO: letters of S, P, B)."""
     m = re.fullmatch(r"([^=]+)=([SPB]+)(?::(.*))?", text.strip())
@@ -604,7 +615,8 @@ def main(argv=None):
         stem = f"miniature_{table}" + ("" if args.protocol == "paper" else "_equal_iters")
         atomic_write_bytes(str(results / f"{stem}.md"), text.encode())
         atomic_write_bytes(str(results / f"{stem}.json"),
-                           (json.dumps(data, indent=1) + "\n").encode())
+                           (json.dumps(strict_json(data), indent=1,
+                                       allow_nan=False) + "\n").encode())
         plot(table, rows, data, results / f"{stem}.png", baselines[world])
         print(text)
     print(f"compare_in_miniature: {len(plan)} runs requested, {time.time() - t_start:.0f}s "
