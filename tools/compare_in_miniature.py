@@ -331,6 +331,11 @@ def execute(spec: RunSpec, args, images: Dict[str, float]) -> Optional[Dict]:
         return record_run(spec, out_dir, run_file, wall, images, trained)
     if have is not None and not args.rerun:
         return have
+    if (have is None and not args.rerun and ckpt.exists()
+            and (out_dir / "eval_summary.json").exists()):
+        # trained and evaluated, but its runner stopped before writing the run file
+        print(f"  adopting finished run {spec.run_id()}", flush=True)
+        return record_run(spec, out_dir, run_file, None, images, "unknown")
     if args.report_only:
         return None
     cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", args.config]
