@@ -282,7 +282,9 @@ def _train_seconds(log: Path) -> Optional[float]:
 
 
 def record_run(spec: RunSpec, out_dir: Path, run_file: Path, wall_s: Optional[float],
-               images: Dict[str, float], trained_commit: str) -> Dict:
+               images: Dict[str, float], trained_commit: str, evaluated_commit: str) -> Dict:
+    """Writes the run file. Commits are those checked out when the train_net.py process that
+    trained / evaluated started (it imports the code then)."""
     summary = json.loads((out_dir / "eval_summary.json").read_text())
     metrics = {f"{r['dataset']}|{r['metric']}": r["value"] for r in summary["rows"]}
     record = {
@@ -291,7 +293,7 @@ def record_run(spec: RunSpec, out_dir: Path, run_file: Path, wall_s: Optional[fl
         "iterations": spec.iters, "images_seen": images, "spec": spec.key(),
         "metrics": metrics, "wall_seconds": wall_s,
         "train_seconds": _train_seconds(out_dir.with_suffix(".log")),
-        "trained_commit": trained_commit, "evaluated_commit": git_commit(),
+        "trained_commit": trained_commit, "evaluated_commit": evaluated_commit,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     run_file.parent.mkdir(parents=True, exist_ok=True)
@@ -320,6 +322,7 @@ def execute(spec: RunSpec, args, images: Dict[str, float]) -> Optional[Dict]:
         cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", args.config,
                "--eval-only"] + spec.opts() + ["OUTPUT_DIR", str(out_dir),
                                                "MODEL.WEIGHTS", str(ckpt)]
+        commit = git_commit()
         with open(out_dir.with_suffix(".eval.log"), "w") as f:
             proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
         if proc.returncode != 0:
@@ -328,14 +331,14 @@ def execute(spec: RunSpec, args, images: Dict[str, float]) -> Optional[Dict]:
         trained = have["trained_commit"] if have else "unknown"
         wall = have["wall_seconds"] if have else None
         print(f"  re-evaluated {spec.run_id()}", flush=True)
-        return record_run(spec, out_dir, run_file, wall, images, trained)
+        return record_run(spec, out_dir, run_file, wall, images, trained, commit)
     if have is not None and not args.rerun:
         return have
     if (have is None and not args.rerun and ckpt.exists()
             and (out_dir / "eval_summary.json").exists()):
         # trained and evaluated, but its runner stopped before writing the run file
         print(f"  adopting finished run {spec.run_id()}", flush=True)
-        return record_run(spec, out_dir, run_file, None, images, "unknown")
+        return record_run(spec, out_dir, run_file, None, images, "unknown", "unknown")
     if args.report_only:
         return None
     cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", args.config]
@@ -350,7 +353,7 @@ def execute(spec: RunSpec, args, images: Dict[str, float]) -> Optional[Dict]:
     wall = time.time() - t0
     print(f"  {spec.row.table}/{spec.row.name} seed {spec.seed} ({spec.iters} it): {wall:.0f}s",
           flush=True)
-    return record_run(spec, out_dir, run_file, wall, images, commit)
+    return record_run(spec, out_dir, run_file, wall, images, commit, commit)
 
 
 # ----------------------------------------------------------------------------- report
