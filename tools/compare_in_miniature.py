@@ -342,18 +342,28 @@ def execute(spec: RunSpec, args, images: Dict[str, float]) -> Optional[Dict]:
     if args.report_only:
         return None
     cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", args.config]
-    cmd += spec.opts() + ["OUTPUT_DIR", str(out_dir)]
+    # checkpoints do not change the result, so the period is not part of the run's spec
+    cmd += spec.opts() + ["OUTPUT_DIR", str(out_dir),
+                          "SOLVER.CHECKPOINT_PERIOD", str(args.checkpoint_period)]
+    resumed = (out_dir / "last_checkpoint").exists()
+    if resumed:  # an interrupted run continues from its last checkpoint
+        cmd.append("--resume")
+        print(f"  resuming {spec.run_id()} from {out_dir / 'last_checkpoint'}", flush=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     commit = git_commit()
     t0 = time.time()
-    with open(log, "w") as f:
+    with open(log, "a" if resumed else "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"run {spec.row.name} seed {spec.seed} failed; see {log}")
     wall = time.time() - t0
     print(f"  {spec.row.table}/{spec.row.name} seed {spec.seed} ({spec.iters} it): {wall:.0f}s",
           flush=True)
-    return record_run(spec, out_dir, run_file, wall, images, commit, commit)
+    record = record_run(spec, out_dir, run_file, wall, images, commit, commit)
+    if resumed:
+        record["resumed"] = True
+        atomic_write_bytes(str(run_file), (json.dumps(record, indent=1) + "\n").encode())
+    return record
 
 
 # ----------------------------------------------------------------------------- report
@@ -560,6 +570,9 @@ def main(argv=None):
     parser.add_argument("--reevaluate-unless", default="", metavar="COMMIT",
                         help="with --reevaluate: skip runs already evaluated by code that "
                              "contains COMMIT (e.g. an inference fix)")
+    parser.add_argument("--checkpoint-period", type=int, default=100,
+                        help="iterations between checkpoints; an interrupted run resumes from "
+                             "its last one (statistically, not bit-, identical with workers)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: tables from the stored per-run files")
     parser.add_argument("--order", choices=["seed", "row"], default="seed",
