@@ -110,6 +110,23 @@ def add_dataseg_config(cfg):
     # ("" = the first of DATASETS.TEST; empty both = such inputs raise, naming this key).
     cfg.MODEL.DATASEG.TEST.VOCABULARY = ""
 
+    # Dataset-specific (D-S) modules (paper Table 5), each a switch added to the shared model;
+    # all off = DaTaSeg (every parameter shared). See dataseg/modeling/dataset_specific.py.
+    cfg.MODEL.DATASEG.DATASET_SPECIFIC = CN()
+    # Per-dataset learnable queries (query features and positions; N per dataset).
+    cfg.MODEL.DATASEG.DATASET_SPECIFIC.QUERIES = False
+    # Per-dataset class-embedding and mask-embedding heads of the decoder.
+    cfg.MODEL.DATASEG.DATASET_SPECIFIC.HEADS = False
+    # Learnable prompt tokens per dataset for the text embeddings (0 = none): the frozen text
+    # embedding t_k becomes normalize(t_k + softmax(t_k P^T) P) with P (tokens x D) per
+    # dataset, zero at initialisation (the text encoder itself stays frozen and cached).
+    cfg.MODEL.DATASEG.DATASET_SPECIFIC.PROMPT_TOKENS = 0
+    # Datasets that own modules, in order (empty = DATASETS.TRAIN).
+    cfg.MODEL.DATASEG.DATASET_SPECIFIC.DATASETS = []
+    # "test_dataset:owner_dataset" entries: which dataset's modules serve a dataset that owns
+    # none (e.g. a val set). A dataset that is neither an owner nor mapped is an error.
+    cfg.MODEL.DATASEG.DATASET_SPECIFIC.TEST_MAP = []
+
     # ------------------------------------------------------------ text encoder
     cfg.MODEL.TEXT_ENCODER = CN()
     # "minilm" (the real all-MiniLM-L6-v2, offline default) or "clip" (open_clip).
@@ -242,6 +259,9 @@ def add_dataseg_config(cfg):
     cfg.DATASETS.SYNTHETIC.NUM_PANOPTIC_TRAIN = 300
     cfg.DATASETS.SYNTHETIC.NUM_BOX_TRAIN = 300
     cfg.DATASETS.SYNTHETIC.NUM_VAL = 40
+    # World preset: "default", or "crowded" (many touching same-class things in clusters, so
+    # that instances are hard to separate from semantic labels alone).
+    cfg.DATASETS.SYNTHETIC.PRESET = "default"
 
     # ------------------------------------------------------------------- solver
     # AdamW (paper), backbone lr multiplier 0.1 (paper), no weight decay on norms/embeddings.

@@ -259,19 +259,24 @@ class DaTaSeg(nn.Module):
         return preprocess_images([x["image"] for x in batched_inputs], self.pixel_mean,
                                  self.pixel_std, self.size_divisibility)
 
-    def network(self, images: torch.Tensor, text_embed: torch.Tensor):
+    def network(self, images: torch.Tensor, text_embed: torch.Tensor,
+                dataset: Optional[str] = None):
         """Inference network, pure tensors (what an exported graph contains).
 
         Args:
             images: (B, 3, Hp, Wp) normalised, zero-padded images (``preprocess_images``).
             text_embed: (K, D) L2-normalised text embeddings of the vocabulary.
+            dataset: the vocabulary's dataset name; used only by dataset-specific modules
+                (``MODEL.DATASEG.DATASET_SPECIFIC``, paper Table 5), which pick their copy by it.
         Returns (pred_logits (B, Q, K+1), pred_masks (B, Q, Hp/4, Wp/4)) of the last decoder
         layer, before MERGE.
         """
         features = self.backbone(images)
         mask_features, multi_scale = self.pixel_decoder(features)
-        dec = self.transformer_decoder(multi_scale, mask_features, return_aux=False)
-        return self.classifier(dec["class_embeds"], text_embed), dec["pred_masks"]
+        dec = self.transformer_decoder(multi_scale, mask_features, return_aux=False,
+                                       dataset=dataset)
+        return (self.classifier(dec["class_embeds"], text_embed, dataset=dataset),
+                dec["pred_masks"])
 
     def prepare_targets(self, batched_inputs, images: ImageList, task: str, name: str,
                         num_classes: int) -> List[Dict[str, torch.Tensor]]:
@@ -321,19 +326,19 @@ class DaTaSeg(nn.Module):
         images = self.preprocess(batched_inputs)
         if not self.training:
             text_embed, is_thing = self.vocabulary.get(name, self.device)
-            logits, masks = self.network(images.tensor, text_embed)
+            logits, masks = self.network(images.tensor, text_embed, dataset=name)
             return self.inference_from_logits(logits, masks, batched_inputs, images, task,
                                               is_thing)
         features = self.backbone(images.tensor)
         mask_features, multi_scale = self.pixel_decoder(features)
         dec = self.transformer_decoder(multi_scale, mask_features,
-                                       return_aux=self.deep_supervision)
+                                       return_aux=self.deep_supervision, dataset=name)
         text_embed, is_thing = self.vocabulary.get(name, self.device)
-        logits = self.classifier(dec["class_embeds"], text_embed)
+        logits = self.classifier(dec["class_embeds"], text_embed, dataset=name)
         outputs = self._merge(logits, dec["pred_masks"], task, is_thing)
         outputs["aux_outputs"] = [
-            self._merge(self.classifier(a["class_embeds"], text_embed), a["pred_masks"],
-                        task, is_thing) for a in dec.get("aux_outputs", [])]
+            self._merge(self.classifier(a["class_embeds"], text_embed, dataset=name),
+                        a["pred_masks"], task, is_thing) for a in dec.get("aux_outputs", [])]
         targets = self.prepare_targets(batched_inputs, images, task, name, len(text_embed))
         return self.criterion(outputs, targets,
                               loss_scale=self.dataset_loss_weights.get(name, 1.0))

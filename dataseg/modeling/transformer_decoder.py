@@ -5,14 +5,19 @@ only sees pixels where the previous prediction's mask is >= 0.5 at that scale. A
 (class embedding + mask logits) is made from the learnable queries and after every layer, for
 deep supervision. Class embeddings go to the text classifier outside this module, so the
 decoder is vocabulary-free.
+
+Dataset-specific switches (paper Table 5, ``MODEL.DATASEG.DATASET_SPECIFIC``): per-dataset
+learnable queries and/or per-dataset class and mask heads, one copy per owner dataset, chosen
+by ``forward(..., dataset=name)``. Off (the default), every parameter is shared.
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
+from .dataset_specific import DatasetIndex
 from .position_encoding import PositionEmbeddingSine
 from .text_classifier import build_class_head
 
@@ -84,8 +89,15 @@ class MaskedAttentionDecoder(nn.Module):
                  hidden_dim: int = 256, nheads: int = 8, dim_feedforward: int = 2048,
                  dec_layers: int = 9, mask_dim: int = 256, num_feature_levels: int = 3,
                  dropout: float = 0.0, pre_norm: bool = False,
-                 class_head: str = "linear_relu_linear"):
+                 class_head: str = "linear_relu_linear",
+                 specific_queries: bool = False, specific_heads: bool = False,
+                 dataset_index: Optional[DatasetIndex] = None):
         super().__init__()
+        if (specific_queries or specific_heads) and dataset_index is None:
+            raise ValueError("dataset-specific queries/heads need a dataset_index")
+        self.dataset_index = dataset_index if (specific_queries or specific_heads) else None
+        self.specific_queries, self.specific_heads = specific_queries, specific_heads
+        copies = len(dataset_index) if self.dataset_index is not None else 1
         self.num_queries = num_queries
         self.nheads = nheads
         self.num_layers = dec_layers
@@ -101,8 +113,14 @@ class MaskedAttentionDecoder(nn.Module):
                 self.input_proj.append(conv)
             else:
                 self.input_proj.append(nn.Identity())
-        self.query_feat = nn.Embedding(num_queries, hidden_dim)
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        if specific_queries:
+            self.query_feat = nn.ModuleList(nn.Embedding(num_queries, hidden_dim)
+                                            for _ in range(copies))
+            self.query_embed = nn.ModuleList(nn.Embedding(num_queries, hidden_dim)
+                                             for _ in range(copies))
+        else:
+            self.query_feat = nn.Embedding(num_queries, hidden_dim)
+            self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.cross_layers = nn.ModuleList(
             AttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(dec_layers))
         self.self_layers = nn.ModuleList(
@@ -113,8 +131,16 @@ class MaskedAttentionDecoder(nn.Module):
         # class embedding head (MODEL.DATASEG.CLASS_HEAD): the paper's linear + ReLU, or that
         # followed by a linear projection into the text space (a ReLU output alone is
         # non-negative and cannot align with most text directions)
-        self.class_embed = build_class_head(class_head, hidden_dim, text_dim)
-        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        def make_class_head():
+            return build_class_head(class_head, hidden_dim, text_dim)
+
+        if specific_heads:
+            self.class_embed = nn.ModuleList(make_class_head() for _ in range(copies))
+            self.mask_embed = nn.ModuleList(MLP(hidden_dim, hidden_dim, mask_dim, 3)
+                                            for _ in range(copies))
+        else:
+            self.class_embed = make_class_head()
+            self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, text_dim: int):
@@ -124,7 +150,11 @@ class MaskedAttentionDecoder(nn.Module):
                 "nheads": d.NHEADS, "dim_feedforward": d.DIM_FEEDFORWARD,
                 "dec_layers": d.DEC_LAYERS, "mask_dim": d.MASK_DIM,
                 "num_feature_levels": len(d.PIXEL_DECODER.DEFORM_IN_FEATURES),
-                "dropout": d.DROPOUT, "pre_norm": d.PRE_NORM, "class_head": d.CLASS_HEAD}
+                "dropout": d.DROPOUT, "pre_norm": d.PRE_NORM, "class_head": d.CLASS_HEAD,
+                "specific_queries": bool(d.DATASET_SPECIFIC.QUERIES),
+                "specific_heads": bool(d.DATASET_SPECIFIC.HEADS),
+                "dataset_index": (DatasetIndex.from_cfg(cfg) if d.DATASET_SPECIFIC.QUERIES
+                                  or d.DATASET_SPECIFIC.HEADS else None)}
 
     def _attn_mask(self, mask_logits_small: torch.Tensor) -> torch.Tensor:
         """(B, N, h, w) logits at the target scale -> (B*heads, N, h*w) bool, True = blocked.
@@ -134,8 +164,10 @@ class MaskedAttentionDecoder(nn.Module):
         return blocked.repeat_interleave(self.nheads, dim=0)
 
     def forward(self, multi_scale_features: List[torch.Tensor], mask_features: torch.Tensor,
-                return_aux: bool = True) -> Dict:
-        """Returns "class_embeds" (B,N,D), "pred_masks" (B,N,H,W) of the last layer and, when
+                return_aux: bool = True, dataset: Optional[str] = None) -> Dict:
+        """``dataset``: the batch's dataset name (used only by dataset-specific modules).
+
+        Returns "class_embeds" (B,N,D), "pred_masks" (B,N,H,W) of the last layer and, when
         ``return_aux``, "aux_outputs": the same for the query prediction and each earlier layer.
 
         Without ``return_aux`` the attention masks are computed on mask features resized to
@@ -156,14 +188,21 @@ class MaskedAttentionDecoder(nn.Module):
         if not return_aux:
             small_features = [F.interpolate(mask_features, size=s, mode="bilinear",
                                             align_corners=False) for s in sizes]
-        query_pos = self.query_embed.weight[None].expand(b, -1, -1)
-        output = self.query_feat.weight[None].expand(b, -1, -1)
+        copy = self.dataset_index(dataset) if self.dataset_index is not None else 0
+        query_feat, query_embed = self.query_feat, self.query_embed
+        if self.specific_queries:
+            query_feat, query_embed = query_feat[copy], query_embed[copy]
+        class_head, mask_head = self.class_embed, self.mask_embed
+        if self.specific_heads:
+            class_head, mask_head = class_head[copy], mask_head[copy]
+        query_pos = query_embed.weight[None].expand(b, -1, -1)
+        output = query_feat.weight[None].expand(b, -1, -1)
 
         aux = []
 
         def predict(out, level_next, final):
             dec = self.decoder_norm(out)
-            mask_emb = self.mask_embed(dec)
+            mask_emb = mask_head(dec)
             full = None
             if return_aux or final:
                 full = torch.einsum("bqc,bchw->bqhw", mask_emb, mask_features)
@@ -178,7 +217,7 @@ class MaskedAttentionDecoder(nn.Module):
 
         dec, full, attn_mask = predict(output, 0, self.num_layers == 0)
         if return_aux and self.num_layers > 0:
-            aux.append({"class_embeds": self.class_embed(dec), "pred_masks": full})
+            aux.append({"class_embeds": class_head(dec), "pred_masks": full})
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
             output = self.cross_layers[i](output, query_pos, srcs[lvl], poses[lvl], attn_mask)
@@ -187,8 +226,8 @@ class MaskedAttentionDecoder(nn.Module):
             final = i == self.num_layers - 1
             dec, full, attn_mask = predict(output, (i + 1) % self.num_feature_levels, final)
             if return_aux and not final:
-                aux.append({"class_embeds": self.class_embed(dec), "pred_masks": full})
-        result = {"class_embeds": self.class_embed(dec), "pred_masks": full}
+                aux.append({"class_embeds": class_head(dec), "pred_masks": full})
+        result = {"class_embeds": class_head(dec), "pred_masks": full}
         if return_aux:
             result["aux_outputs"] = aux
         return result

@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dataseg.data.synthetic",
                                      description=__doc__.splitlines()[0])
     for f in fields(SyntheticWorldParams):
-        kind = str if f.name == "root" else int
+        kind = str if f.name in ("root", "preset") else int
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind,
                             default=getattr(defaults, f.name))
     args = parser.parse_args(argv)

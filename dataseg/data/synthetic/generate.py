@@ -47,7 +47,8 @@ def _generate_split(world: Path, spec: SplitSpec, params: SyntheticWorldParams) 
     images, pan_anns, coco_anns = [], [], []
     counts = {"images": n, "segments": 0, "instances": 0}
     for i in range(n):
-        scene = render_scene(spec.domain, things, stuff, size, scene_rng(params.seed, spec.code, i))
+        scene = render_scene(spec.domain, things, stuff, size, scene_rng(params.seed, spec.code, i),
+                             preset=params.preset)
         stem = f"{spec.split}_{i:06d}"
         save_jpeg(scene.image, paths.image_root / f"{stem}.jpg")
         images.append({"id": i + 1, "file_name": f"{stem}.jpg", "height": size, "width": size})

@@ -11,6 +11,9 @@ from pathlib import Path
 
 # Bump when the generator's output changes for the same parameters.
 GENERATOR_VERSION = 1
+# World presets: "default", and "crowded": clusters of touching same-class things (instances
+# that semantic labels alone cannot separate; see scene.py).
+PRESETS = ("default", "crowded")
 # Fallback for $DETECTRON2_DATASETS: the checkout's datasets/ folder (not the working directory).
 _REPO_DATASETS = Path(__file__).resolve().parents[3] / "datasets"
 
@@ -26,8 +29,12 @@ class SyntheticWorldParams:
     num_panoptic_train: int = 300
     num_box_train: int = 300
     num_val: int = 40
+    preset: str = "default"
 
     def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"DATASETS.SYNTHETIC.PRESET must be one of {PRESETS}, got "
+                             f"{self.preset!r}")
         if self.image_size < 32:
             raise ValueError(f"synthetic image_size must be >= 32, got {self.image_size}")
         for f in fields(self):
@@ -40,7 +47,8 @@ class SyntheticWorldParams:
         return cls(root=str(s.ROOT), seed=int(s.SEED), image_size=int(s.IMAGE_SIZE),
                    num_semantic_train=int(s.NUM_SEMANTIC_TRAIN),
                    num_panoptic_train=int(s.NUM_PANOPTIC_TRAIN),
-                   num_box_train=int(s.NUM_BOX_TRAIN), num_val=int(s.NUM_VAL))
+                   num_box_train=int(s.NUM_BOX_TRAIN), num_val=int(s.NUM_VAL),
+                   preset=str(s.PRESET))
 
     @classmethod
     def coerce(cls, params) -> "SyntheticWorldParams":
@@ -61,9 +69,12 @@ class SyntheticWorldParams:
 
     def fingerprint(self) -> str:
         content = {k: v for k, v in asdict(self).items() if k != "root"}
+        if self.preset == "default":  # default worlds keep their fingerprint from before presets
+            del content["preset"]
         content["generator_version"] = GENERATOR_VERSION
         digest = hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
-        return f"s{self.seed}_r{self.image_size}_{digest}"
+        tag = "" if self.preset == "default" else f"{self.preset}_"
+        return f"{tag}s{self.seed}_r{self.image_size}_{digest}"
 
     def world_dir(self) -> Path:
         return self.resolved_root() / self.fingerprint()

@@ -19,6 +19,12 @@ from .vocabulary import KIND_INDEX
 THINGS_PER_SCENE = {"sem": (2, 6), "pan": (3, 8), "box": (3, 9), "unseen": (2, 6)}
 # Half-height of a thing as a fraction of the image side.
 THING_SCALE = (0.08, 0.24)
+# "crowded" preset: clusters of same-class things, each member touching the previous one
+# (slight overlap, later ones in front), smaller things. Clusters per scene, members per
+# cluster (inclusive ranges) and the half-height range.
+CROWD_CLUSTERS = (2, 3)
+CROWD_MEMBERS = (3, 6)
+CROWD_SCALE = (0.06, 0.12)
 
 
 @dataclass
@@ -68,13 +74,17 @@ def _stuff_layout(kinds: Sequence[str], h: int, w: int, rng) -> np.ndarray:
     return labels
 
 
-def _place_thing(kind: str, size: int, rng):
-    """Draws pose and silhouette of one thing; returns (y0, x0, mask, u, v, part) or None."""
-    hh = size * rng.uniform(*THING_SCALE)
+def _place_thing(kind: str, size: int, rng, center=None, scale=THING_SCALE):
+    """Draws pose and silhouette of one thing (at ``center`` (x, y) if given); returns
+    (y0, x0, mask, u, v, part) or None."""
+    hh = size * rng.uniform(*scale)
     hw = hh * ASPECT.get(kind, 1.0) * rng.uniform(0.85, 1.15)
     max_rot = UPRIGHT.get(kind, math.pi)
     theta = rng.uniform(-max_rot, max_rot)
-    cx, cy = rng.uniform(-0.05, 1.05) * size, rng.uniform(-0.05, 1.05) * size
+    if center is None:
+        cx, cy = rng.uniform(-0.05, 1.05) * size, rng.uniform(-0.05, 1.05) * size
+    else:
+        cx, cy = center
     reach = math.hypot(hh, hw) + 1.0
     x0, x1 = max(int(cx - reach), 0), min(int(math.ceil(cx + reach)) + 1, size)
     y0, y1 = max(int(cy - reach), 0), min(int(math.ceil(cy + reach)) + 1, size)
@@ -90,9 +100,32 @@ def _place_thing(kind: str, size: int, rng):
     return y0, x0, mask, u, v, part & mask
 
 
+def _thing_plan(domain: str, things: Sequence[str], size: int, rng, preset: str):
+    """Yields (kind, center or None, scale range) of each thing to paint, in depth order.
+    A generator: draws interleave with the caller's, so the default world is unchanged."""
+    if preset == "default":
+        lo, hi = THINGS_PER_SCENE[domain]
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            yield things[int(rng.integers(len(things)))], None, THING_SCALE
+        return
+    if preset != "crowded":
+        raise ValueError(f"unknown synthetic preset {preset!r}")
+    for _ in range(int(rng.integers(CROWD_CLUSTERS[0], CROWD_CLUSTERS[1] + 1))):
+        kind = things[int(rng.integers(len(things)))]
+        x, y = rng.uniform(0.2, 0.8) * size, rng.uniform(0.2, 0.8) * size
+        # a member's centre is one typical thing width from the previous one: they touch
+        step = size * (CROWD_SCALE[0] + CROWD_SCALE[1]) * ASPECT.get(kind, 1.0) * 0.85
+        for _ in range(int(rng.integers(CROWD_MEMBERS[0], CROWD_MEMBERS[1] + 1))):
+            yield kind, (x, y), CROWD_SCALE
+            angle = rng.uniform(0, 2 * math.pi)
+            x = float(np.clip(x + step * math.cos(angle), 0, size))
+            y = float(np.clip(y + step * math.sin(angle), 0, size))
+
+
 def render_scene(domain: str, things: Sequence[str], stuff: Sequence[str], size: int,
-                 rng: np.random.Generator) -> Scene:
-    """Renders a ``size`` x ``size`` scene of the given thing and stuff kinds."""
+                 rng: np.random.Generator, preset: str = "default") -> Scene:
+    """Renders a ``size`` x ``size`` scene of the given thing and stuff kinds (``preset``:
+    "default", or "crowded" for clusters of touching same-class things)."""
     n_stuff = int(rng.integers(2, min(4, len(stuff)) + 1))
     chosen = [stuff[i] for i in rng.choice(len(stuff), n_stuff, replace=False)]
     if chosen == ["sky"] * len(chosen):  # pragma: no cover - n_stuff >= 2 prevents it
@@ -105,12 +138,10 @@ def render_scene(domain: str, things: Sequence[str], stuff: Sequence[str], size:
             canvas[region] = paint_stuff(kind, size, size, rng)[region]
     stuff_map = np.asarray([KIND_INDEX[k] for k in chosen], np.int16)[layout]
 
-    lo, hi = THINGS_PER_SCENE[domain]
     ids = np.zeros((size, size), np.int32)
     kinds: List[str] = []
-    for _ in range(int(rng.integers(lo, hi + 1))):
-        kind = things[int(rng.integers(len(things)))]
-        placed = _place_thing(kind, size, rng)
+    for kind, center, scale in _thing_plan(domain, things, size, rng, preset):
+        placed = _place_thing(kind, size, rng, center, scale)
         if placed is None or not placed[2].any():
             continue
         y0, x0, mask, u, v, part = placed

@@ -1,0 +1,58 @@
+"""Dataset-specific (D-S) modules of the paper's Table 5: which dataset's copy a batch uses.
+
+DaTaSeg shares every parameter across datasets. Table 5 adds lightweight per-dataset modules
+(queries, heads, text prompts) to show that this hurts. Each module here is a config switch
+(``MODEL.DATASEG.DATASET_SPECIFIC``); the modules keep one copy per *owner* dataset (the
+training datasets by default) and ``DatasetIndex`` maps a batch's ``dataset_name`` to its copy.
+Datasets that own no copy (validation sets, new vocabularies) must be mapped to an owner in
+``DATASET_SPECIFIC.TEST_MAP``; an unmapped one is a clear error, never a silent default.
+"""
+from typing import Dict, Optional, Sequence
+
+
+class DatasetIndex:
+    """name -> index of the dataset-specific copy that serves it."""
+
+    def __init__(self, owners: Sequence[str], test_map: Optional[Dict[str, str]] = None):
+        owners = [str(o) for o in owners]
+        if not owners:
+            raise ValueError("MODEL.DATASEG.DATASET_SPECIFIC: no datasets own modules (set "
+                             "DATASET_SPECIFIC.DATASETS or DATASETS.TRAIN)")
+        if len(set(owners)) != len(owners):
+            raise ValueError(f"MODEL.DATASEG.DATASET_SPECIFIC.DATASETS has duplicates: {owners}")
+        self.owners = owners
+        self.test_map = dict(test_map or {})
+        for test, owner in self.test_map.items():
+            if owner not in owners:
+                raise ValueError(f"MODEL.DATASEG.DATASET_SPECIFIC.TEST_MAP maps '{test}' to "
+                                 f"'{owner}', which owns no modules (owners: {owners})")
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def __call__(self, name: Optional[str]) -> int:
+        if name in self.owners:
+            return self.owners.index(name)
+        if name in self.test_map:
+            return self.owners.index(self.test_map[name])
+        raise KeyError(f"dataset-specific modules: dataset '{name}' owns none and is not in "
+                       f"MODEL.DATASEG.DATASET_SPECIFIC.TEST_MAP (owners: {self.owners}); add "
+                       f"'{name}:<owner>' there")
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "DatasetIndex":
+        d = cfg.MODEL.DATASEG.DATASET_SPECIFIC
+        owners = list(d.DATASETS) or list(cfg.DATASETS.TRAIN)
+        test_map = {}
+        for entry in d.TEST_MAP:
+            test, sep, owner = str(entry).partition(":")
+            if not sep or not test or not owner:
+                raise ValueError(f"MODEL.DATASEG.DATASET_SPECIFIC.TEST_MAP entry {entry!r}: "
+                                 "expected 'test_dataset:owner_dataset'")
+            test_map[test] = owner
+        return cls(owners, test_map)
+
+
+def uses_dataset_specific(cfg) -> bool:
+    d = cfg.MODEL.DATASEG.DATASET_SPECIFIC
+    return bool(d.QUERIES or d.HEADS or int(d.PROMPT_TOKENS) > 0)
