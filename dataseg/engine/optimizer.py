@@ -76,11 +76,15 @@ def build_optimizer(cfg, model):
         weight_decay_embed=cfg.SOLVER.WEIGHT_DECAY_EMBED,
         backbone_multiplier=cfg.SOLVER.BACKBONE_MULTIPLIER)
     name = cfg.SOLVER.OPTIMIZER.upper()
+    # foreach: one multi-tensor kernel per update op instead of a Python loop over the ~270
+    # parameter tensors (torch picks it by itself on GPUs only); same update up to rounding
+    # (tests/engine/test_optimizer.py), 5-10% of a quickstart CPU step.
     if name == "ADAMW":
-        optimizer_cls, kwargs = torch.optim.AdamW, {"betas": (0.9, 0.999)}
+        optimizer_cls, kwargs = torch.optim.AdamW, {"betas": (0.9, 0.999), "foreach": True}
     elif name == "SGD":
         optimizer_cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM,
-                                                  "nesterov": cfg.SOLVER.NESTEROV}
+                                                  "nesterov": cfg.SOLVER.NESTEROV,
+                                                  "foreach": True}
     else:
         raise ValueError(f"SOLVER.OPTIMIZER: unknown optimizer {cfg.SOLVER.OPTIMIZER!r} "
                          "(ADAMW or SGD)")
