@@ -137,6 +137,8 @@ class SetCriterion(nn.Module):
         same); targets per image: "labels" (T,) and "masks" (T,H,W) or "boxes" (T,4) XYXY
         normalised to the padded image. Returns weighted losses; aux ones suffixed "_<i>"."""
         device = outputs["pred_logits"].device
+        # bool masks -> float once here, not again for every decoder layer's matching and loss
+        targets = [{**t, "masks": t["masks"].float()} if "masks" in t else t for t in targets]
         with torch.autocast(device_type=device.type, enabled=False):
             num_masks = _num_targets_across_processes(targets, device)
             losses = self._losses_one_set(outputs, targets, num_masks)

@@ -20,8 +20,9 @@ __all__ = [
 def _focal_terms(logits: torch.Tensor, alpha: float, gamma: float):
     """Per-element focal loss for target 1 and for target 0."""
     p = logits.sigmoid()
-    pos = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    # BCE-with-logits against 1 and against 0, without building target tensors of ones/zeros
+    pos = -F.logsigmoid(logits)
+    neg = -F.logsigmoid(-logits)
     pos = pos * (1 - p) ** gamma
     neg = neg * p ** gamma
     if alpha >= 0:
