@@ -93,8 +93,11 @@ def test_templates_change_the_embedding(minilm_emb, tmp_path):
     assert not torch.allclose(other, emb, atol=1e-4)
 
 
-def test_corrupt_cache_file_is_recomputed(minilm_emb, tmp_path, caplog):
+def test_corrupt_cache_file_is_recomputed(minilm_emb, tmp_path, caplog, monkeypatch):
     _, emb = minilm_emb
+    # an in-process training test before this one may have set the "dataseg" logger up as
+    # Detectron2 does (propagate=False, its own handlers); caplog listens on the root logger
+    monkeypatch.setattr(logging.getLogger("dataseg"), "propagate", True)
     path = cache_entry_path(VOCAB, cache_dir=tmp_path)
     embed_vocabulary(VOCAB, cache_dir=tmp_path)
     path.write_bytes(b"not a tensor")
