@@ -101,6 +101,13 @@ DESIGN = [
         ("MODEL.DATASEG.MATCH_EMPTY_MERGED", "False")),
     Row("design", "focal weight 20", "SPB", ("MODEL.DATASEG.FOCAL_WEIGHT", "20.0")),
     Row("design", "focal weight 1", "SPB", ("MODEL.DATASEG.FOCAL_WEIGHT", "1.0")),
+    # issue 10: the paper's ResNet pixel decoder (transformer encoder + FPN, LN/GeLU) and the
+    # paper's class head (linear + ReLU) against today's defaults (deformable, linear_relu_linear)
+    Row("design", "pixel decoder transformer_fpn (LN, GeLU)", "SPB",
+        ("MODEL.DATASEG.PIXEL_DECODER.NAME", "transformer_fpn",
+         "MODEL.DATASEG.PIXEL_DECODER.NORM", "LN", "MODEL.DATASEG.PIXEL_DECODER.ACTIVATION",
+         "gelu")),
+    Row("design", "class head linear_relu", "SPB", ("MODEL.DATASEG.CLASS_HEAD", "linear_relu")),
 ]
 # The harder world: many touching same-class things (semantic->panoptic transfer test).
 HARD = [Row("hard", _combo_name(c), c, (), "crowded") for c in ("S", "P", "SP", "SPB")]
@@ -135,6 +142,10 @@ CLAIMS = [
      "focal weight 20", None),
     ("design: focal weight 5 vs 1", "design", "baseline (focal 5, match empty)",
      "focal weight 1", None),
+    ("design: deformable vs the paper's transformer_fpn pixel decoder", "design",
+     "baseline (focal 5, match empty)", "pixel decoder transformer_fpn (LN, GeLU)", None),
+    ("design: linear_relu_linear vs the paper's linear_relu class head", "design",
+     "baseline (focal 5, match empty)", "class head linear_relu", None),
 ]
 
 
