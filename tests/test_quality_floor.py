@@ -2,14 +2,16 @@
 Detectron2's trainer, loaders and evaluators, the synthetic world) must clear accuracy floors
 well above what a broken model reaches.
 
-How the floors were derived: this exact run (seed 0, ITERS iterations, batch 4, one thread,
-the three test sets below) was made on the 2-core development machine (1061 s wall while six
-other jobs shared the machine; a few minutes on a quiet one), and once with 1 iteration (an
-untrained model: about what a model with broken losses or inference reaches). Each floor is
-about 0.6x the trained value (rounded down), which leaves room for run-to-run variation
-across machines and thread counts, and stays far above the untrained value. PQ_th > 0 needs
-at least one predicted thing segment matched to a ground-truth one (IoU > 0.5), so the
-panoptic check cannot pass with zero thing segments.
+How the floors were derived: this exact run (ITERS iterations, batch 4, one thread, the three
+test sets below) was made twice on the 2-core development machine, seeds 0 and 1 (about 4
+minutes each), and once with 1 iteration (an untrained model: about what a model with broken
+losses or inference reaches). Each floor is about half the lower of the two trained values
+(rounded down), which leaves room for run-to-run variation across machines, thread counts and
+numerically equivalent code changes, and stays far above the untrained value. A first version
+trained 200 iterations: its thing PQ (1.6) was at noise level and fell to 0.0 after a
+rounding-level change (fused AdamW), so the schedule was doubled. PQ_th > 0 needs at least one
+predicted thing segment matched to a ground-truth one (IoU > 0.5), so the panoptic check
+cannot pass with zero thing segments.
 """
 import json
 import os
@@ -21,13 +23,13 @@ from engine_helpers import QUICKSTART, REPO
 
 pytestmark = pytest.mark.slow
 
-ITERS = 200
-#        (dataset, metric): (floor, measured after ITERS, measured untrained)
+ITERS = 400
+#        (dataset, metric): (floor, measured after ITERS (lower of seeds 0, 1), measured untrained)
 FLOORS = {
-    ("synth_sem_val", "sem_seg/mIoU"): (30.0, 48.59, 1.89),
-    ("synth_pan_val", "panoptic_seg/PQ"): (3.0, 4.83, 0.0),
-    ("synth_pan_val", "panoptic_seg/PQ_th"): (0.5, 1.56, 0.0),
-    ("synth_box_val_instance", "segm/AP"): (2.0, 3.59, 0.0),
+    ("synth_sem_val", "sem_seg/mIoU"): (33.0, 67.02, 1.89),
+    ("synth_pan_val", "panoptic_seg/PQ"): (11.0, 23.85, 0.0),
+    ("synth_pan_val", "panoptic_seg/PQ_th"): (2.5, 5.99, 0.0),
+    ("synth_box_val_instance", "segm/AP"): (3.5, 7.71, 0.0),
 }
 
 
