@@ -37,9 +37,10 @@ from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 
+from dataseg.contract import TASKS
 from dataseg.data.dataset_info import get_dataset_info, visualizer_fields
 from dataseg.engine.checkpoint import AtomicCheckpointer
-from dataseg.modeling.meta_arch import TASKS, default_vocabulary_from_cfg
+from dataseg.modeling.meta_arch import default_vocabulary_from_cfg
 from dataseg.text import embed_vocabulary, text_encoder_kwargs_from_cfg
 
 __all__ = ["Vocabulary", "VocabularyError", "parse_vocabulary", "load_vocabulary_file",

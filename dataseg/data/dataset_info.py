@@ -9,8 +9,10 @@ from typing import List, Optional, Sequence
 from detectron2.data import MetadataCatalog
 from detectron2.utils.colormap import colormap
 
-TASKS = ("semantic", "panoptic", "instance", "box")
-EVALUATOR_TYPES = ("sem_seg", "coco_panoptic_seg", "coco", None)
+from ..contract import AUGMENTATION_PRESETS, EVALUATOR_TYPES, TASKS
+
+__all__ = ["TASKS", "EVALUATOR_TYPES", "AUGMENTATION_PRESETS", "DatasetInfo", "get_dataset_info",
+           "visualizer_fields"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class DatasetInfo:
     is_thing: List[bool]
     ignore_label: int
     evaluator_type: Optional[str]
+    # train augmentation preset (one of AUGMENTATION_PRESETS), None if the metadata names none
+    # (cfg.DATASETS.TRAIN_AUGMENTATIONS must then name one to train on it)
+    augmentation: Optional[str] = None
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +81,10 @@ def get_dataset_info(name: str) -> DatasetInfo:
     if evaluator_type not in EVALUATOR_TYPES:
         raise KeyError(f"dataset '{name}': 'evaluator_type' {evaluator_type!r} is not one of "
                        f"{EVALUATOR_TYPES}")
+    augmentation = getattr(meta, "augmentation", None)
+    if augmentation is not None and augmentation not in AUGMENTATION_PRESETS:
+        raise KeyError(f"dataset '{name}': 'augmentation' {augmentation!r} is not one of "
+                       f"{AUGMENTATION_PRESETS}")
     return DatasetInfo(name=name, task=meta.task, class_synonyms=synonyms, is_thing=is_thing,
                        ignore_label=int(getattr(meta, "ignore_label", 255)),
-                       evaluator_type=evaluator_type)
+                       evaluator_type=evaluator_type, augmentation=augmentation)

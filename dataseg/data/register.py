@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Union
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .columnar import load_box_dataset
-from .dataset_info import visualizer_fields
+from .dataset_info import AUGMENTATION_PRESETS, visualizer_fields
 from .loading import load_instance_dicts, load_panoptic_dicts, load_semantic_dicts
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "unregister_dataset",
 ]
 
-AUGMENTATIONS = ("lsj", "resize_crop", "none")
 # Largest ignore label of a semantic dataset: 16-bit label PNGs.
 MAX_IGNORE_LABEL = 65535
 
@@ -51,9 +50,9 @@ def _check_name(name: str, replace: bool) -> None:
 
 
 def _check_augmentation(name: str, augmentation: str) -> None:
-    if augmentation not in AUGMENTATIONS:
+    if augmentation not in AUGMENTATION_PRESETS:
         raise ValueError(f"dataset '{name}': augmentation {augmentation!r} is not one of "
-                         f"{AUGMENTATIONS}")
+                         f"{AUGMENTATION_PRESETS}")
 
 
 def _normalise_categories(name: str, categories: Sequence[dict], force_thing: bool) -> List[dict]:

@@ -20,6 +20,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ..config import per_train_dataset
+from ..contract import TASKS
 from .criterion import SetCriterion
 from .merge import merge_for_task
 from .pixel_decoder import build_pixel_decoder
@@ -32,8 +33,6 @@ from .postprocessing import (
 from .text_classifier import TextEmbeddingClassifier
 from .transformer_decoder import MaskedAttentionDecoder
 from .vocabulary_bank import VocabularyBank
-
-TASKS = ("semantic", "panoptic", "instance", "box")
 
 
 def dataset_loss_weights_from_cfg(cfg) -> Dict[str, float]:
