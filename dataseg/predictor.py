@@ -33,6 +33,7 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
@@ -249,8 +250,6 @@ class DaTaSegPredictor:
         self.task = self._pick_task(task, info.task)
         self.vocabulary_name = name
         self.model.vocabulary.get(name)  # embeds now, so errors surface here
-        from detectron2.data import MetadataCatalog
-
         meta = MetadataCatalog.get(name).as_dict()
         meta.update(visualizer_fields(info.class_names), name=name,
                     class_synonyms=info.class_synonyms, is_thing=info.is_thing)

@@ -237,7 +237,7 @@ def load_panoptic_dicts(dataset_name: str, image_root: str, panoptic_root: str,
     return records
 
 
-def _convert_segmentation(segm, height: int, width: int, path: str, ann_id):
+def _convert_segmentation(segm, path: str, ann_id):
     """Polygons: drops ones with < 3 points (None if none left); RLE: compressed form."""
     from pycocotools import mask as mask_util
 
@@ -322,7 +322,7 @@ def load_instance_dicts(dataset_name: str, image_root: str, json_file: str,
             raise DatasetFormatError(
                 f"{json_file}: image {ann['image_id']}, annotation {ann_id}: category_id "
                 f"{ann['category_id']} is not in the registered vocabulary of '{dataset_name}'")
-        segm = _convert_segmentation(ann["segmentation"], 0, 0, json_file, ann_id)
+        segm = _convert_segmentation(ann["segmentation"], json_file, ann_id)
         if segm is None:
             dropped += 1
             continue

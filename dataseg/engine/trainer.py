@@ -31,6 +31,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader
 
+from dataseg.data.build import build_multi_dataset_train_loader, build_test_loader
 from dataseg.engine.checkpoint import AtomicCheckpointer
 from dataseg.engine.evaluation import build_evaluator, write_summary
 from dataseg.engine.optimizer import build_lr_scheduler, build_optimizer
@@ -156,14 +157,10 @@ class DaTaSegTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        from dataseg.data.build import build_multi_dataset_train_loader
-
         return build_multi_dataset_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        from dataseg.data.build import build_test_loader
-
         return build_test_loader(cfg, dataset_name)
 
     @classmethod

@@ -15,12 +15,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
 from ..config import per_train_dataset
-from ..contract import TASKS
+from ..contract import TASKS, get_dataset_info
+from ..text import embedding_dim, text_encoder_kwargs_from_cfg
 from .criterion import SetCriterion
 from .merge import merge_for_task
 from .pixel_decoder import build_pixel_decoder
@@ -45,8 +47,6 @@ def text_dim_from_cfg(cfg) -> int:
     """CLASSIFIER.TEXT_DIM, or the text encoder's embedding size when it is 0."""
     if cfg.MODEL.DATASEG.CLASSIFIER.TEXT_DIM > 0:
         return int(cfg.MODEL.DATASEG.CLASSIFIER.TEXT_DIM)
-    from dataseg.text import embedding_dim
-
     return int(embedding_dim(cfg.MODEL.TEXT_ENCODER.NAME, cfg.MODEL.TEXT_ENCODER.CLIP_MODEL))
 
 
@@ -163,8 +163,6 @@ class DaTaSeg(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        from dataseg.text import text_encoder_kwargs_from_cfg
-
         d = cfg.MODEL.DATASEG
         text_dim = text_dim_from_cfg(cfg)
         backbone = build_backbone(cfg)
@@ -246,10 +244,6 @@ class DaTaSeg(nn.Module):
         task = self.vocabulary.task(name)
         if task:
             return task
-        from detectron2.data import MetadataCatalog
-
-        from dataseg.data.dataset_info import get_dataset_info
-
         if name in self.vocabulary and name not in MetadataCatalog.list():
             return "panoptic"  # a run-time vocabulary: panoptic gives sem_seg too
         return get_dataset_info(name).task

@@ -9,6 +9,9 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..contract import get_dataset_info
+from ..text import embed_vocabulary
+
 
 class VocabularyBank:
     """name -> (embeddings (K, D) float, is_thing (K,) bool)."""
@@ -46,9 +49,6 @@ class VocabularyBank:
         return self._task.get(name)
 
     def _load(self, name: str) -> None:
-        from dataseg.data.dataset_info import get_dataset_info
-        from dataseg.text import embed_vocabulary
-
         info = get_dataset_info(name)
         emb = embed_vocabulary(info.class_synonyms, **self.text_encoder_kwargs)
         self.set(name, emb, info.is_thing)

@@ -19,7 +19,8 @@ __all__ = ["DEFAULT_TEMPLATES", "ENCODERS", "embed_vocabulary", "embedding_dim",
 
 logger = logging.getLogger(__name__)
 
-# Same as the default of cfg.MODEL.TEXT_ENCODER.PROMPT_TEMPLATES (dataseg/config.py).
+# The prompt templates of the paper's recipe; also the default of
+# cfg.MODEL.TEXT_ENCODER.PROMPT_TEMPLATES (dataseg/config.py reads it from here).
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "{}")
 
 

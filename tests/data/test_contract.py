@@ -1,8 +1,12 @@
 """One home for the dataset contract: every module's task/evaluator/preset tables agree with it."""
+import ast
+from pathlib import Path
+
 import pytest
 from data_fixtures import write_semantic_dataset
 from detectron2.data import MetadataCatalog
 
+import dataseg.modeling
 from dataseg import contract
 from dataseg.data import augmentation, dataset_info, mappers
 from dataseg.data.register import register_semantic_dataset
@@ -43,3 +47,18 @@ def test_register_rejects_an_unknown_preset(tmp_path, names):
     with pytest.raises(ValueError, match="t_contract_bad.*augmentation 'jitter'"):
         register_semantic_dataset("t_contract_bad", ds["image_root"], ds["sem_seg_root"],
                                   ds["class_names"], augmentation="jitter")
+
+
+def test_the_model_does_not_import_the_data_layer():
+    # dataseg/modeling takes the contract from dataseg/contract.py, never from dataseg/data
+    offenders = []
+    for path in Path(dataseg.modeling.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = "." * node.level + (node.module or "")
+                if mod.startswith(("dataseg.data", "..data")):
+                    offenders.append(f"{path.name}: {mod}")
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.name}: {a.name}" for a in node.names
+                              if a.name.startswith("dataseg.data")]
+    assert offenders == []
