@@ -32,6 +32,7 @@ from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader
 
 from dataseg.data.build import build_multi_dataset_train_loader, build_test_loader
+from dataseg.data.loading import skipping_bad_records
 from dataseg.engine.checkpoint import AtomicCheckpointer
 from dataseg.engine.evaluation import build_evaluator, write_summary
 from dataseg.engine.optimizer import build_lr_scheduler, build_optimizer
@@ -167,7 +168,10 @@ class DaTaSegTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_evaluator(dataset_name, output_folder, distributed=True)
+        # evaluators such as SemSegEvaluator read the records (DatasetCatalog.get) when built:
+        # with the same skip-bad-records setting as the test loader, so they see the same set
+        with skipping_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS):
+            return build_evaluator(dataset_name, output_folder, distributed=True)
 
     def build_hooks(self):
         ret = [_BaseAndBackboneLR() if type(h) is hooks.LRScheduler else h

@@ -15,7 +15,7 @@ from detectron2.data import DatasetCatalog, DatasetFromList, MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
 
 from dataseg.data.dataset_info import get_dataset_info
-from dataseg.data.loading import DatasetFormatError, set_skip_bad_records
+from dataseg.data.loading import DatasetFormatError, skip_bad_records, skipping_bad_records
 from dataseg.data.register import (
     register_box_dataset,
     register_instance_dataset,
@@ -176,11 +176,16 @@ def test_missing_label_file_error_and_skip(tmp_path, names, caplog):
                               ds["class_names"])
     with pytest.raises(DatasetFormatError, match=str(missing)):
         DatasetCatalog.get("t_sem_bad")
-    set_skip_bad_records(True)
-    with caplog.at_level(logging.WARNING):
+    with skipping_bad_records(), caplog.at_level(logging.WARNING):
         recs = DatasetCatalog.get("t_sem_bad")
+        with skipping_bad_records(False), pytest.raises(DatasetFormatError):
+            DatasetCatalog.get("t_sem_bad")  # a nested strict scope
+        assert skip_bad_records()  # restored on leaving the nested scope, even by an exception
     assert [r["image_id"] for r in recs] == ["img_000", "img_002"]
     assert "skipped 1 bad records" in caplog.text
+    assert not skip_bad_records()  # the scope ended: strict again, nothing to reset by hand
+    with pytest.raises(DatasetFormatError, match=str(missing)):
+        DatasetCatalog.get("t_sem_bad")
 
 
 def test_missing_panoptic_png_named(tmp_path, names):
