@@ -1,4 +1,4 @@
-"""The engine tests share tests/engine_helpers.py (tiny configs) with tests/test_train_net.py."""
+"""Engine tests import tests/engine_helpers.py (tiny configs), shared with the top-level tests."""
 import sys
 from pathlib import Path
 
