@@ -119,6 +119,8 @@ class DaTaSegTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        # The train vocabularies are known now: embed them here, not in the first forward.
+        model.vocabulary.preload(cfg.DATASETS.TRAIN)
         if cfg.DATASETS.PREFLIGHT:
             # The train sets were just loaded by the train loader; check the test sets too, so
             # an error in them stops the run now rather than after training.

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import per_train_dataset
 from ..contract import TASKS, get_dataset_info
-from ..text import embedding_dim, text_encoder_kwargs_from_cfg
+from ..text import embedding_dim, text_embedder_from_cfg
 from .criterion import SetCriterion
 from .merge import merge_for_task
 from .pixel_decoder import build_pixel_decoder
@@ -174,7 +174,7 @@ class DaTaSeg(nn.Module):
                 cfg, in_channels=d.PIXEL_DECODER.CONVS_DIM, text_dim=text_dim),
             "classifier": TextEmbeddingClassifier(cfg, text_dim=text_dim),
             "criterion": SetCriterion(cfg),
-            "vocabulary": VocabularyBank(text_encoder_kwargs_from_cfg(cfg), text_dim=text_dim),
+            "vocabulary": VocabularyBank(text_embedder_from_cfg(cfg), text_dim=text_dim),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": d.SIZE_DIVISIBILITY, "deep_supervision": d.DEEP_SUPERVISION,
             "merge_eps": d.MERGE_EPS, "merge_empty_logit": d.MERGE_EMPTY_LOGIT,
