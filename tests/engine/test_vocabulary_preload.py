@@ -1,8 +1,6 @@
 """The train vocabularies are embedded when the trainer is built (by the text embedder injected
 into the model), so the first training forward loads no text encoder and reads no cache."""
-import numpy as np
-from engine_helpers import QUICKSTART, tiny_opts
-from PIL import Image
+from engine_helpers import QUICKSTART, tiny_opts, write_random_semantic
 
 from dataseg.data.register import register_semantic_dataset, unregister_dataset
 from dataseg.engine import DaTaSegTrainer, build_cfg
@@ -10,15 +8,8 @@ from dataseg.text import TextEmbedder
 
 
 def test_trainer_embeds_train_vocabularies_at_build(tmp_path):
-    rng = np.random.default_rng(0)
-    (tmp_path / "img").mkdir()
-    (tmp_path / "lbl").mkdir()
-    for k in range(2):
-        Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(
-            tmp_path / "img" / f"{k}.jpg")
-        Image.fromarray(rng.integers(0, 3, (32, 40), dtype=np.uint8)).save(
-            tmp_path / "lbl" / f"{k}.png")
-    register_semantic_dataset("preload_sem", str(tmp_path / "img"), str(tmp_path / "lbl"),
+    image_root, label_root = write_random_semantic(tmp_path, 2, num_classes=3)
+    register_semantic_dataset("preload_sem", str(image_root), str(label_root),
                               ["wall", "floor", "sky"], replace=True)
     try:
         cfg = build_cfg(QUICKSTART, tiny_opts(tmp_path, tmp_path / "out", max_iter=1,
