@@ -5,6 +5,8 @@ and say so ("M2F default").
 """
 from detectron2.config import CfgNode as CN
 
+from .text import DEFAULT_TEMPLATES
+
 
 def per_train_dataset(cfg, key, default):
     """``cfg.DATASETS.<key>`` as a list aligned with ``DATASETS.TRAIN``: one entry per training
@@ -137,7 +139,7 @@ def add_dataseg_config(cfg):
     cfg.MODEL.TEXT_ENCODER.CHECKPOINT = ""
     # Prompt templates ("{}" is the category name); embeddings are averaged over templates
     # and synonyms, then L2-normalised.
-    cfg.MODEL.TEXT_ENCODER.PROMPT_TEMPLATES = ["a photo of a {}.", "a photo of the {}.", "{}"]
+    cfg.MODEL.TEXT_ENCODER.PROMPT_TEMPLATES = list(DEFAULT_TEMPLATES)
     # Embedding cache ("" = $DATASEG_CACHE/text_embeddings, default ~/.cache/dataseg/...).
     cfg.MODEL.TEXT_ENCODER.CACHE_DIR = ""
 
@@ -270,7 +272,8 @@ def add_dataseg_config(cfg):
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     # Poly schedule power when SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR" (M2F ADE: 0.9).
     cfg.SOLVER.POLY_LR_POWER = 0.9
-    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # Read by nothing: removed, but configs saved by earlier runs name it (merge ignores it).
+    cfg.register_deprecated_key("SOLVER.POLY_LR_CONSTANT_ENDING")
 
     # ------------------------------------------------------------------ runtime
     # Flush denormal floats to zero on the CPU (torch.set_flush_denormal). Pretrained weights

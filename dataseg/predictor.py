@@ -33,13 +33,15 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 
+from dataseg.contract import TASKS
 from dataseg.data.dataset_info import get_dataset_info, visualizer_fields
 from dataseg.engine.checkpoint import AtomicCheckpointer
-from dataseg.modeling.meta_arch import TASKS, default_vocabulary_from_cfg
+from dataseg.modeling.meta_arch import default_vocabulary_from_cfg
 from dataseg.text import embed_vocabulary, text_encoder_kwargs_from_cfg
 
 __all__ = ["Vocabulary", "VocabularyError", "parse_vocabulary", "load_vocabulary_file",
@@ -248,8 +250,6 @@ class DaTaSegPredictor:
         self.task = self._pick_task(task, info.task)
         self.vocabulary_name = name
         self.model.vocabulary.get(name)  # embeds now, so errors surface here
-        from detectron2.data import MetadataCatalog
-
         meta = MetadataCatalog.get(name).as_dict()
         meta.update(visualizer_fields(info.class_names), name=name,
                     class_synonyms=info.class_synonyms, is_thing=info.is_thing)

@@ -2,6 +2,9 @@
 import math
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 
@@ -65,3 +68,17 @@ def tiny_opts(tmp: Path, output_dir: Path, max_iter=4, train=TRAIN_SETS, test=TE
 
 def all_finite(rows):
     return all(math.isfinite(r["value"]) for r in rows)
+
+
+def write_random_semantic(root: Path, n: int, num_classes: int, size=(32, 40)):
+    """``root/img/<k>.jpg`` random images and ``root/lbl/<k>.png`` random labels in
+    [0, num_classes), k < n (seeded). Returns (image_root, label_root)."""
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir()
+    (root / "lbl").mkdir()
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+            root / "img" / f"{k}.jpg")
+        Image.fromarray(rng.integers(0, num_classes, size, dtype=np.uint8)).save(
+            root / "lbl" / f"{k}.png")
+    return root / "img", root / "lbl"

@@ -21,12 +21,12 @@ from detectron2.data import transforms as T
 from fvcore.transforms.transform import PadTransform
 
 from ..config import per_train_dataset
-from .dataset_info import get_dataset_info
+from .dataset_info import AUGMENTATION_PRESETS, get_dataset_info
 
 __all__ = ["build_augmentations", "augmentation_preset", "crop_size_for", "seg_pad_value_for",
            "FixedSizeCropWithSegPad"]
 
-PRESETS = ("lsj", "resize_crop", "none")
+PRESETS = AUGMENTATION_PRESETS  # the contract's presets (dataseg/contract.py)
 
 
 class FixedSizeCropWithSegPad(T.FixedSizeCrop):
@@ -54,10 +54,8 @@ def _per_dataset_entry(cfg, key: str, dataset_name: str):
 
 def augmentation_preset(cfg, dataset_name: str) -> str:
     """The train augmentation preset of a dataset (config override, else its metadata)."""
-    from detectron2.data import MetadataCatalog
-
     preset = _per_dataset_entry(cfg, "TRAIN_AUGMENTATIONS", dataset_name) or \
-        getattr(MetadataCatalog.get(dataset_name), "augmentation", None)
+        get_dataset_info(dataset_name).augmentation
     if preset not in PRESETS:
         raise ValueError(f"dataset '{dataset_name}': augmentation preset {preset!r} is not one of "
                          f"{PRESETS} (set metadata 'augmentation' or cfg.DATASETS."

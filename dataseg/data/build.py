@@ -16,7 +16,7 @@ from detectron2.utils import comm
 
 from ..config import per_train_dataset
 from .columnar import ColumnarBoxDataset
-from .loading import set_skip_bad_records
+from .loading import skipping_bad_records
 from .mappers import build_test_mapper, build_train_mapper
 from .register_files import RegisterDatasetFiles
 from .sampler import MultiDatasetBatchSampler
@@ -77,13 +77,15 @@ def _has_targets(record: dict) -> bool:
 
 
 def get_train_dataset_dicts(cfg, dataset_name: str) -> Sequence:
-    """Records of one training dataset, tagged with "dataset_name"; empty ones dropped when
-    cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS (instance/box data, as Detectron2 does)."""
-    dicts = DatasetCatalog.get(dataset_name)
+    """Records of one training dataset; empty ones dropped when
+    cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS (instance/box data, as Detectron2 does).
+
+    The records are used as the loader made them ("dataset_name" is the loaders' to set; the
+    model inputs get it from the mapper), read with cfg.DATASETS.SKIP_BAD_RECORDS in scope."""
+    with skipping_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS):
+        dicts = DatasetCatalog.get(dataset_name)
     if isinstance(dicts, ColumnarBoxDataset):  # lazy, memory-mapped: filter without materialising
         return dicts.nonempty() if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS else dicts
-    for d in dicts:
-        d["dataset_name"] = dataset_name
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         before = len(dicts)
         dicts = [d for d in dicts if _has_targets(d)]
@@ -97,7 +99,6 @@ def get_train_dataset_dicts(cfg, dataset_name: str) -> Sequence:
 
 def build_multi_dataset_train_loader(cfg) -> torch.utils.data.DataLoader:
     """An infinite loader of batches (lists of mapped dicts), each from one training dataset."""
-    set_skip_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS)
     names = list(cfg.DATASETS.TRAIN)
     if not names:
         raise ValueError("cfg.DATASETS.TRAIN is empty")
@@ -159,10 +160,8 @@ def build_test_loader(cfg, dataset_name: str) -> InferenceLoader:
     item, worker init registering DATASETS.REGISTER files); bad records are left out with a
     count (see :class:`InferenceLoader`) rather than replaced by others as in training.
     """
-    set_skip_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS)
-    dicts = DatasetCatalog.get(dataset_name)
-    for d in dicts:
-        d["dataset_name"] = dataset_name
+    with skipping_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS):
+        dicts = DatasetCatalog.get(dataset_name)
     mapper = build_test_mapper(cfg, dataset_name)
     dataset = _MapOnly(DatasetFromList(dicts, copy=False), mapper)
     loader = torch.utils.data.DataLoader(

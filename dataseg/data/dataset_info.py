@@ -2,35 +2,24 @@
 
 Read it through ``get_dataset_info(name)`` rather than poking at ``MetadataCatalog`` so that a
 dataset registered without the keys DaTaSeg needs fails with a message naming the dataset and key.
+The contract itself (tasks, evaluator types, augmentation presets, ``DatasetInfo``) lives in
+``dataseg/contract.py``, which the model imports without importing the data layer; this module
+re-exports it for the data layer and adds the Visualizer fields of a class list.
 """
-from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Sequence
 
-from detectron2.data import MetadataCatalog
 from detectron2.utils.colormap import colormap
 
-TASKS = ("semantic", "panoptic", "instance", "box")
-EVALUATOR_TYPES = ("sem_seg", "coco_panoptic_seg", "coco", None)
+from ..contract import (
+    AUGMENTATION_PRESETS,
+    EVALUATOR_TYPES,
+    TASKS,
+    DatasetInfo,
+    get_dataset_info,
+)
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the model, mappers and evaluators need to know about one dataset."""
-
-    name: str
-    task: str
-    class_synonyms: List[List[str]]
-    is_thing: List[bool]
-    ignore_label: int
-    evaluator_type: Optional[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_synonyms)
-
-    @property
-    def class_names(self) -> List[str]:
-        return [names[0] for names in self.class_synonyms]
+__all__ = ["TASKS", "EVALUATOR_TYPES", "AUGMENTATION_PRESETS", "DatasetInfo", "get_dataset_info",
+           "visualizer_fields"]
 
 
 def visualizer_fields(class_names: Sequence[str]) -> dict:
@@ -47,35 +36,3 @@ def visualizer_fields(class_names: Sequence[str]) -> dict:
     colors = [tuple(table[k % len(table)]) for k in range(len(names))]
     return {"thing_classes": list(names), "stuff_classes": list(names),
             "thing_colors": list(colors), "stuff_colors": list(colors)}
-
-
-def get_dataset_info(name: str) -> DatasetInfo:
-    """Returns the validated DaTaSeg metadata of a registered dataset.
-
-    Raises KeyError naming the dataset and the missing or malformed key.
-    """
-    if name not in MetadataCatalog.list():
-        raise KeyError(f"dataset '{name}' has no metadata: is it registered? "
-                       f"(registered: {', '.join(sorted(MetadataCatalog.list()))[:2000]})")
-    meta = MetadataCatalog.get(name)
-    for key in ("task", "class_synonyms", "is_thing"):
-        if not hasattr(meta, key):
-            raise KeyError(f"dataset '{name}': metadata key '{key}' is missing; register it with "
-                           "the functions in dataseg.data.register")
-    if meta.task not in TASKS:
-        raise KeyError(f"dataset '{name}': metadata 'task' is {meta.task!r}, expected one of "
-                       f"{TASKS}")
-    synonyms = [list(s) if isinstance(s, (list, tuple)) else [s] for s in meta.class_synonyms]
-    if any(not s or not all(isinstance(n, str) and n for n in s) for s in synonyms):
-        raise KeyError(f"dataset '{name}': 'class_synonyms' must be non-empty lists of names")
-    is_thing = [bool(x) for x in meta.is_thing]
-    if len(is_thing) != len(synonyms):
-        raise KeyError(f"dataset '{name}': 'is_thing' has {len(is_thing)} entries but "
-                       f"'class_synonyms' has {len(synonyms)}")
-    evaluator_type = getattr(meta, "evaluator_type", None)
-    if evaluator_type not in EVALUATOR_TYPES:
-        raise KeyError(f"dataset '{name}': 'evaluator_type' {evaluator_type!r} is not one of "
-                       f"{EVALUATOR_TYPES}")
-    return DatasetInfo(name=name, task=meta.task, class_synonyms=synonyms, is_thing=is_thing,
-                       ignore_label=int(getattr(meta, "ignore_label", 255)),
-                       evaluator_type=evaluator_type)

@@ -2,10 +2,12 @@
 
 Each loader validates what it reads and raises :class:`DatasetFormatError` naming the file, key,
 image or annotation at fault. Missing files are errors unless skipping bad records is enabled
-(``set_skip_bad_records(True)``, applied from ``cfg.DATASETS.SKIP_BAD_RECORDS`` by the build
-functions); then they are dropped and one warning with the count is logged at the end.
+inside ``with skipping_bad_records():``, a scope the build functions, the pre-flight check and
+the trainer's evaluator open from ``cfg.DATASETS.SKIP_BAD_RECORDS``); then they are dropped and
+one warning with the count is logged at the end.
 
-Record formats (Detectron2's standard dicts plus ``"dataset_name"``):
+Record formats (Detectron2's standard dicts plus ``"dataset_name"``, which these loaders are the
+one place to set on records; the mappers put the mapper's dataset name on the model inputs):
 
 * semantic: ``file_name``, ``sem_seg_file_name``, ``image_id`` (file stem).
 * panoptic: ``file_name``, ``image_id``, ``height``, ``width``, ``pan_seg_file_name``,
@@ -23,6 +25,8 @@ Record formats (Detectron2's standard dicts plus ``"dataset_name"``):
   (1.7M stats for Objects365); a missing one is reported by the mapper.
 """
 import array
+import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -35,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DatasetFormatError",
-    "set_skip_bad_records",
+    "skipping_bad_records",
     "skip_bad_records",
     "load_semantic_dicts",
     "load_panoptic_dicts",
@@ -46,22 +50,31 @@ __all__ = [
     "check_coco_bbox",
 ]
 
-_SKIP_BAD_RECORDS = False
+# Read by the loaders when they run (inside DatasetCatalog.get); set only for the duration of a
+# ``with skipping_bad_records(...)`` block (a context variable: per thread, restored on exit).
+_SKIP_BAD_RECORDS: "contextvars.ContextVar[bool]" = contextvars.ContextVar(
+    "dataseg_skip_bad_records", default=False)
 
 
 class DatasetFormatError(ValueError):
     """A dataset file is missing, malformed or inconsistent with the registered vocabulary."""
 
 
-def set_skip_bad_records(flag: bool) -> None:
-    """Sets whether loaders/mappers skip (with a counted warning) records whose files are bad."""
-    global _SKIP_BAD_RECORDS
-    _SKIP_BAD_RECORDS = bool(flag)
+@contextlib.contextmanager
+def skipping_bad_records(flag: bool = True):
+    """Within the block, loaders run by ``DatasetCatalog.get`` skip (with one counted warning)
+    records whose files are missing or bad instead of raising; the previous setting comes back
+    on exit, also on an exception. ``flag=False`` makes a block strict again."""
+    token = _SKIP_BAD_RECORDS.set(bool(flag))
+    try:
+        yield
+    finally:
+        _SKIP_BAD_RECORDS.reset(token)
 
 
 def skip_bad_records() -> bool:
     """Current value of the skip-bad-records setting (default False: fail loudly)."""
-    return _SKIP_BAD_RECORDS
+    return _SKIP_BAD_RECORDS.get()
 
 
 class _BadRecords:
@@ -237,7 +250,7 @@ def load_panoptic_dicts(dataset_name: str, image_root: str, panoptic_root: str,
     return records
 
 
-def _convert_segmentation(segm, height: int, width: int, path: str, ann_id):
+def _convert_segmentation(segm, path: str, ann_id):
     """Polygons: drops ones with < 3 points (None if none left); RLE: compressed form."""
     from pycocotools import mask as mask_util
 
@@ -322,7 +335,7 @@ def load_instance_dicts(dataset_name: str, image_root: str, json_file: str,
             raise DatasetFormatError(
                 f"{json_file}: image {ann['image_id']}, annotation {ann_id}: category_id "
                 f"{ann['category_id']} is not in the registered vocabulary of '{dataset_name}'")
-        segm = _convert_segmentation(ann["segmentation"], 0, 0, json_file, ann_id)
+        segm = _convert_segmentation(ann["segmentation"], json_file, ann_id)
         if segm is None:
             dropped += 1
             continue

@@ -159,6 +159,14 @@ class _BaseMapper:
                 "task": self.task, "height": record.get("height"), "width": record.get("width"),
                 "file_name": record["file_name"], "image_id": record.get("image_id")}
 
+    def _read_and_augment(self, record: dict):
+        """The image as read, the augmented image (HxWxC) and the transforms that made it (for
+        the caller to apply to masks or boxes)."""
+        image = self._read(record)
+        aug = T.AugInput(image)
+        transforms = self.augmentations(aug)
+        return image, aug.image, transforms
+
     def _read(self, record: dict) -> np.ndarray:
         image = _read_image(record["file_name"], self.image_format, record)
         record.setdefault("height", image.shape[0])
@@ -223,10 +231,7 @@ class InstanceDatasetMapper(_BaseMapper):
     task = "instance"
 
     def _map(self, record):
-        image = self._read(record)
-        aug = T.AugInput(image)
-        transforms = self.augmentations(aug)
-        h, w = aug.image.shape[:2]
+        image, augmented, transforms = self._read_and_augment(record)
         classes, masks = [], []
         for k, obj in enumerate(record.get("annotations", [])):
             if obj.get("iscrowd", 0):
@@ -244,8 +249,8 @@ class InstanceDatasetMapper(_BaseMapper):
                 mask = polygons_to_bitmask(segm, image.shape[0], image.shape[1])
             masks.append(transforms.apply_segmentation(mask.astype(np.uint8)).astype(bool))
             classes.append(obj["category_id"])
-        out = self._common(record, aug.image)
-        out["instances"] = _mask_instances((h, w), classes, masks)
+        out = self._common(record, augmented)
+        out["instances"] = _mask_instances(augmented.shape[:2], classes, masks)
         return out
 
 
@@ -255,10 +260,8 @@ class BoxDatasetMapper(_BaseMapper):
     task = "box"
 
     def _map(self, record):
-        image = self._read(record)
-        aug = T.AugInput(image)
-        transforms = self.augmentations(aug)
-        h, w = aug.image.shape[:2]
+        image, augmented, transforms = self._read_and_augment(record)
+        h, w = augmented.shape[:2]
         if "boxes" in record:
             boxes = np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4)
             classes = np.asarray(record["box_classes"], dtype=np.int64)
@@ -274,7 +277,7 @@ class BoxDatasetMapper(_BaseMapper):
         inst = Instances((h, w))
         inst.gt_boxes = boxes[keep]
         inst.gt_classes = torch.as_tensor(classes, dtype=torch.int64).reshape(-1)[keep]
-        out = self._common(record, aug.image)
+        out = self._common(record, augmented)
         out["instances"] = inst
         return out
 

@@ -11,15 +11,16 @@ until the dataset is used) and sets the complete metadata contract of docs/DESIG
 Registering a name twice is an error; pass ``replace=True`` to re-register (the synthetic world
 does), or remove it first with :func:`unregister_dataset`.
 """
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .columnar import load_box_dataset
-from .dataset_info import visualizer_fields
+from .dataset_info import AUGMENTATION_PRESETS, EVALUATOR_TYPES, TASKS, visualizer_fields
 from .loading import load_instance_dicts, load_panoptic_dicts, load_semantic_dicts
 
 __all__ = [
+    "register_dataset",
     "register_semantic_dataset",
     "register_panoptic_dataset",
     "register_instance_dataset",
@@ -27,7 +28,6 @@ __all__ = [
     "unregister_dataset",
 ]
 
-AUGMENTATIONS = ("lsj", "resize_crop", "none")
 # Largest ignore label of a semantic dataset: 16-bit label PNGs.
 MAX_IGNORE_LABEL = 65535
 
@@ -51,9 +51,9 @@ def _check_name(name: str, replace: bool) -> None:
 
 
 def _check_augmentation(name: str, augmentation: str) -> None:
-    if augmentation not in AUGMENTATIONS:
+    if augmentation not in AUGMENTATION_PRESETS:
         raise ValueError(f"dataset '{name}': augmentation {augmentation!r} is not one of "
-                         f"{AUGMENTATIONS}")
+                         f"{AUGMENTATION_PRESETS}")
 
 
 def _normalise_categories(name: str, categories: Sequence[dict], force_thing: bool) -> List[dict]:
@@ -94,8 +94,38 @@ def _contract_metadata(categories: List[dict]) -> dict:
     }
 
 
-def _set_metadata(name: str, **kwargs) -> None:
-    MetadataCatalog.get(name).set(**kwargs)
+def register_dataset(name: str, task: str, loader: Callable[[], Sequence[dict]],
+                     categories: List[dict], *, evaluator_type: Optional[str],
+                     augmentation: str, replace: bool = False,
+                     before_load: Optional[Callable[[], None]] = None,
+                     metadata: Optional[dict] = None) -> None:
+    """The one registration core every ``register_*`` function goes through.
+
+    Registers ``loader`` (no arguments -> the records) in ``DatasetCatalog`` under ``name``,
+    preceded at each load by ``before_load()`` when given (e.g. "generate the files if
+    missing"), and sets the contract metadata of the normalised ``categories`` (one contiguous
+    space of all K classes) plus ``task``, ``evaluator_type``, ``augmentation`` and
+    ``metadata`` (which may override a contract key such as ``ignore_label``). Everything is
+    validated before anything is registered, so a rejected call leaves the catalogs as they were
+    (``replace=True`` removes an existing entry of that name only once the call is valid).
+    """
+    if task not in TASKS:
+        raise ValueError(f"dataset '{name}': task {task!r} is not one of {TASKS}")
+    if evaluator_type not in EVALUATOR_TYPES:
+        raise ValueError(f"dataset '{name}': evaluator_type {evaluator_type!r} is not one of "
+                         f"{EVALUATOR_TYPES}")
+    _check_augmentation(name, augmentation)
+    _check_name(name, replace)
+
+    def load():
+        if before_load is not None:
+            before_load()
+        return loader()
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(**{
+        **_contract_metadata(categories), "task": task, "evaluator_type": evaluator_type,
+        "augmentation": augmentation, **(metadata or {})})
 
 
 def register_semantic_dataset(name: str, image_root: str, sem_seg_root: str,
@@ -104,8 +134,9 @@ def register_semantic_dataset(name: str, image_root: str, sem_seg_root: str,
                               ignore_label: int = 255, is_thing: Optional[Sequence[bool]] = None,
                               evaluator_type: Optional[str] = "sem_seg",
                               augmentation: str = "resize_crop", replace: bool = False,
+                              before_load: Optional[Callable[[], None]] = None,
                               **extra_metadata) -> None:
-    """Registers an ADE-style semantic dataset.
+    """Registers an ADE-style semantic dataset (``before_load``: see ``register_dataset``).
 
     Images are ``<image_root>/<stem><image_ext>``, labels ``<sem_seg_root>/<stem><label_ext>``
     whose pixel value i is contiguous class i (``ignore_label`` pixels are ignored).
@@ -116,8 +147,6 @@ def register_semantic_dataset(name: str, image_root: str, sem_seg_root: str,
     ``class_names``: one name or one list of synonyms (first = display name) per class.
     ``is_thing`` defaults to all False.
     """
-    _check_name(name, replace)
-    _check_augmentation(name, augmentation)
     if not class_names:
         raise ValueError(f"dataset '{name}': 'class_names' is empty")
     if not len(class_names) <= int(ignore_label) <= MAX_IGNORE_LABEL:
@@ -140,67 +169,75 @@ def register_semantic_dataset(name: str, image_root: str, sem_seg_root: str,
     categories = [{"id": i, "name": s[0], "synonyms": s[1:], "isthing": int(bool(t))}
                   for i, (s, t) in enumerate(zip(synonyms, is_thing))]
     image_root, sem_seg_root = str(image_root), str(sem_seg_root)
-    DatasetCatalog.register(name, lambda: load_semantic_dicts(
-        name, image_root, sem_seg_root, image_ext=image_ext, label_ext=label_ext))
-    meta = _contract_metadata(categories)
-    meta["ignore_label"] = int(ignore_label)
-    _set_metadata(name, task="semantic", evaluator_type=evaluator_type, augmentation=augmentation,
-                  image_root=image_root, sem_seg_root=sem_seg_root, **meta, **extra_metadata)
+    register_dataset(
+        name, "semantic", lambda: load_semantic_dicts(
+            name, image_root, sem_seg_root, image_ext=image_ext, label_ext=label_ext),
+        categories, evaluator_type=evaluator_type, augmentation=augmentation, replace=replace,
+        before_load=before_load,
+        metadata={"ignore_label": int(ignore_label), "image_root": image_root,
+                  "sem_seg_root": sem_seg_root, **extra_metadata})
 
 
 def register_panoptic_dataset(name: str, image_root: str, panoptic_root: str, panoptic_json: str,
                               categories: Sequence[dict], *, sem_seg_root: Optional[str] = None,
                               evaluator_type: Optional[str] = "coco_panoptic_seg",
                               augmentation: str = "lsj", replace: bool = False,
+                              before_load: Optional[Callable[[], None]] = None,
                               **extra_metadata) -> None:
     """Registers a COCO-panoptic-format dataset (PNG segment ids + json segments_info).
 
     ``sem_seg_root`` (optional): semantic PNGs named like the panoptic PNGs, added to each
-    record as ``"sem_seg_file_name"`` (for SemSegEvaluator).
+    record as ``"sem_seg_file_name"`` (for SemSegEvaluator). ``before_load``: see
+    ``register_dataset``.
     """
-    _check_name(name, replace)
-    _check_augmentation(name, augmentation)
     cats = _normalise_categories(name, categories, force_thing=False)
     image_root, panoptic_root = str(image_root), str(panoptic_root)
     panoptic_json = str(panoptic_json)
     sem_seg_root = None if sem_seg_root is None else str(sem_seg_root)
-    DatasetCatalog.register(name, lambda: load_panoptic_dicts(
-        name, image_root, panoptic_root, panoptic_json, cats, sem_seg_root=sem_seg_root))
     extra = {"sem_seg_root": sem_seg_root} if sem_seg_root is not None else {}
-    _set_metadata(name, task="panoptic", evaluator_type=evaluator_type, augmentation=augmentation,
-                  image_root=image_root, panoptic_root=panoptic_root, panoptic_json=panoptic_json,
-                  **extra, **_contract_metadata(cats), **extra_metadata)
+    register_dataset(
+        name, "panoptic", lambda: load_panoptic_dicts(
+            name, image_root, panoptic_root, panoptic_json, cats, sem_seg_root=sem_seg_root),
+        cats, evaluator_type=evaluator_type, augmentation=augmentation, replace=replace,
+        before_load=before_load,
+        metadata={"image_root": image_root, "panoptic_root": panoptic_root,
+                  "panoptic_json": panoptic_json, **extra, **extra_metadata})
 
 
 def register_instance_dataset(name: str, image_root: str, json_file: str,
                               categories: Sequence[dict], *, evaluator_type: Optional[str] = "coco",
                               augmentation: str = "lsj", replace: bool = False,
+                              before_load: Optional[Callable[[], None]] = None,
                               **extra_metadata) -> None:
-    """Registers a COCO instance json (polygon or RLE masks); every class is a thing."""
-    _check_name(name, replace)
-    _check_augmentation(name, augmentation)
-    cats = _normalise_categories(name, categories, force_thing=True)
-    image_root, json_file = str(image_root), str(json_file)
-    DatasetCatalog.register(name, lambda: load_instance_dicts(name, image_root, json_file, cats))
-    _set_metadata(name, task="instance", evaluator_type=evaluator_type, augmentation=augmentation,
-                  image_root=image_root, json_file=json_file, **_contract_metadata(cats),
-                  **extra_metadata)
+    """Registers a COCO instance json (polygon or RLE masks); every class is a thing.
+    ``before_load``: see ``register_dataset``."""
+    _register_coco_json(name, "instance", load_instance_dicts, image_root, json_file,
+                        categories, evaluator_type, augmentation, replace, before_load,
+                        extra_metadata)
 
 
 def register_box_dataset(name: str, image_root: str, json_file: str, categories: Sequence[dict],
                          *, evaluator_type: Optional[str] = None, augmentation: str = "lsj",
-                         replace: bool = False, **extra_metadata) -> None:
+                         replace: bool = False, before_load: Optional[Callable[[], None]] = None,
+                         **extra_metadata) -> None:
     """Registers a COCO json used as boxes only (e.g. Objects365); every class is a thing.
 
     Records are memory-lean (``boxes`` / ``box_classes`` arrays, see dataseg.data.loading);
-    the loader returns a lazy, memory-mapped ``ColumnarBoxDataset`` (dataseg.data.columnar).
+    the loader returns a lazy, memory-mapped ``ColumnarBoxDataset`` (dataseg.data.columnar:
+    a memory-mapped cache of the json, the json path as the fallback). ``before_load``: see
+    ``register_dataset``.
     """
-    _check_name(name, replace)
-    _check_augmentation(name, augmentation)
+    _register_coco_json(name, "box", load_box_dataset, image_root, json_file, categories,
+                        evaluator_type, augmentation, replace, before_load, extra_metadata)
+
+
+def _register_coco_json(name, task, load, image_root, json_file, categories, evaluator_type,
+                        augmentation, replace, before_load, extra_metadata) -> None:
+    """Instance and box datasets: a COCO json whose every class is a thing."""
     cats = _normalise_categories(name, categories, force_thing=True)
     image_root, json_file = str(image_root), str(json_file)
-    # Columnar hook (issue 12): a memory-mapped cache of the json, json path as the fallback.
-    DatasetCatalog.register(name, lambda: load_box_dataset(name, image_root, json_file, cats))
-    _set_metadata(name, task="box", evaluator_type=evaluator_type, augmentation=augmentation,
-                  image_root=image_root, json_file=json_file, **_contract_metadata(cats),
-                  **extra_metadata)
+    register_dataset(name, task, lambda: load(name, image_root, json_file, cats), cats,
+                     evaluator_type=evaluator_type, augmentation=augmentation, replace=replace,
+                     before_load=before_load,
+                     metadata={"image_root": image_root, "json_file": json_file,
+                               **extra_metadata})

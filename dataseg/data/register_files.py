@@ -170,17 +170,24 @@ class _Entry:
         return os.path.normpath(os.path.join(os.path.dirname(self.path), value))
 
 
+def _vocabulary_file(entry: _Entry, key: str, value: str):
+    """Reads the vocabulary file an entry names: (path, json items, None) for a .json file,
+    else (path, None, lines of synonyms); an unreadable file is an error naming entry and key."""
+    path = entry.resolve(key, value)
+    try:
+        if path.endswith(".json"):
+            return path, _read_json_vocabulary(path), None
+        return path, None, read_vocabulary(path)
+    except (OSError, ValueError) as e:
+        raise entry.error(key, str(e)) from e
+
+
 def _semantic_vocabulary(entry: _Entry, value, kwargs: dict):
     key = "class_names"
     if isinstance(value, str):
-        path = entry.resolve(key, value)
-        try:
-            if path.endswith(".json"):
-                items = _read_json_vocabulary(path)
-            else:
-                return read_vocabulary(path)
-        except (OSError, ValueError) as e:
-            raise entry.error(key, str(e)) from e
+        _, items, lines = _vocabulary_file(entry, key, value)
+        if lines is not None:
+            return lines
     else:
         items = value
     if not isinstance(items, list) or not items:
@@ -216,29 +223,12 @@ def _categories(entry: _Entry, task: str, value, kwargs: dict) -> List[dict]:
                                    f"{e}") from e
         return cats
     if isinstance(value, str):
-        path = entry.resolve(key, value)
-        try:
-            if path.endswith(".json"):
-                value = _read_json_vocabulary(path)
-            else:
-                lines = read_vocabulary(path)
-                try:
-                    own = json_categories(json_path)
-                except (OSError, ValueError) as e:
-                    raise ValueError(f"a text vocabulary takes its ids from the json's "
-                                     f"categories, but: {e}") from e
-                by_name = {str(c.get("name", "")).lower(): c for c in own if isinstance(c, dict)}
-                value = []
-                for names in lines:
-                    c = by_name.get(names[0].lower())
-                    if c is None:
-                        close = difflib.get_close_matches(names[0].lower(), list(by_name), n=3)
-                        hint = f" (close: {', '.join(close)})" if close else ""
-                        raise ValueError(f"{path}: class '{names[0]}' is not a category of "
-                                         f"{json_path}{hint}")
-                    value.append(dict(c, name=names[0], synonyms=names[1:]))
-        except (OSError, ValueError) as e:
-            raise entry.error(key, str(e)) from e
+        path, value, lines = _vocabulary_file(entry, key, value)
+        if lines is not None:
+            try:
+                value = _categories_by_name(path, lines, json_path)
+            except (OSError, ValueError) as e:
+                raise entry.error(key, str(e)) from e
     if not isinstance(value, list) or not value:
         raise entry.error(key, "must be a non-empty list of {id, name, isthing} dicts or a "
                                "vocabulary file path")
@@ -358,3 +348,24 @@ class RegisterDatasetFiles:
         if self.then is not None:
             return self.then(*args)
         return None
+
+
+def _categories_by_name(path: str, lines: List[List[str]], json_path: str) -> List[dict]:
+    """The json's categories named by a text vocabulary (ids from the json, names and synonyms
+    from the file); a name the json lacks is an error with the closest matches."""
+    try:
+        own = json_categories(json_path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"a text vocabulary takes its ids from the json's "
+                         f"categories, but: {e}") from e
+    by_name = {str(c.get("name", "")).lower(): c for c in own if isinstance(c, dict)}
+    out = []
+    for names in lines:
+        c = by_name.get(names[0].lower())
+        if c is None:
+            close = difflib.get_close_matches(names[0].lower(), list(by_name), n=3)
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise ValueError(f"{path}: class '{names[0]}' is not a category of "
+                             f"{json_path}{hint}")
+        out.append(dict(c, name=names[0], synonyms=names[1:]))
+    return out

@@ -8,7 +8,7 @@ from typing import Sequence
 from detectron2.data import DatasetCatalog
 
 from dataseg.data.dataset_info import get_dataset_info
-from dataseg.data.loading import DatasetFormatError, set_skip_bad_records
+from dataseg.data.loading import DatasetFormatError, skipping_bad_records
 from dataseg.engine.evaluation import EVALUATOR_TABLE
 
 __all__ = ["preflight", "PreflightError"]
@@ -27,7 +27,6 @@ def preflight(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> int:
     The loaders' own checks apply (missing files, json keys, ids outside the vocabulary, bad
     boxes; with DATASETS.SKIP_BAD_RECORDS, missing files are skipped with a counted warning).
     """
-    set_skip_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS)
     start, total, checked = time.perf_counter(), 0, []
     for key in keys:
         for name in cfg.DATASETS[key]:
@@ -41,7 +40,8 @@ def preflight(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> int:
                     f"{where}: no evaluator for evaluator_type {info.evaluator_type!r} (a "
                     "training-only set?); remove it from DATASETS.TEST")
             try:
-                records = DatasetCatalog.get(name)
+                with skipping_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS):
+                    records = DatasetCatalog.get(name)
             except DatasetFormatError as e:
                 raise PreflightError(f"{where} failed: {e} (train_net.py --skip-preflight "
                                      "skips this check)") from e

@@ -31,6 +31,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader
 
+from dataseg.data.build import build_multi_dataset_train_loader, build_test_loader
+from dataseg.data.loading import skipping_bad_records
 from dataseg.engine.checkpoint import AtomicCheckpointer
 from dataseg.engine.evaluation import build_evaluator, write_summary
 from dataseg.engine.optimizer import build_lr_scheduler, build_optimizer
@@ -117,6 +119,8 @@ class DaTaSegTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        # The train vocabularies are known now: embed them here, not in the first forward.
+        model.vocabulary.preload(cfg.DATASETS.TRAIN)
         if cfg.DATASETS.PREFLIGHT:
             # The train sets were just loaded by the train loader; check the test sets too, so
             # an error in them stops the run now rather than after training.
@@ -156,21 +160,20 @@ class DaTaSegTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        from dataseg.data.build import build_multi_dataset_train_loader
-
         return build_multi_dataset_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        from dataseg.data.build import build_test_loader
-
         return build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_evaluator(dataset_name, output_folder, distributed=True)
+        # evaluators such as SemSegEvaluator read the records (DatasetCatalog.get) when built:
+        # with the same skip-bad-records setting as the test loader, so they see the same set
+        with skipping_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS):
+            return build_evaluator(dataset_name, output_folder, distributed=True)
 
     def build_hooks(self):
         ret = [_BaseAndBackboneLR() if type(h) is hooks.LRScheduler else h

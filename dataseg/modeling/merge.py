@@ -19,6 +19,9 @@ from typing import Dict
 
 import torch
 
+from ..contract import TASKS
+
+# one entry per task of the contract (tests/modeling pins that the keys are TASKS)
 MERGE_CLASSES_PER_TASK = {"semantic": "all", "panoptic": "stuff", "instance": "none",
                           "box": "none"}
 
@@ -27,7 +30,7 @@ def classes_to_merge(task: str, is_thing: torch.Tensor) -> torch.Tensor:
     """Class ids MERGE combines for a task: semantic all, panoptic stuff, instance/box none."""
     if task not in MERGE_CLASSES_PER_TASK:
         raise ValueError(f"MERGE: unknown task {task!r}; expected one of "
-                         f"{tuple(MERGE_CLASSES_PER_TASK)}")
+                         f"{TASKS}")
     kind = MERGE_CLASSES_PER_TASK[task]
     ids = torch.arange(is_thing.numel(), device=is_thing.device)
     if kind == "all":

@@ -15,11 +15,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
 from ..config import per_train_dataset
+from ..contract import TASKS, get_dataset_info
+from ..text import embedding_dim, text_embedder_from_cfg
 from .criterion import SetCriterion
 from .merge import merge_for_task
 from .pixel_decoder import build_pixel_decoder
@@ -33,8 +36,6 @@ from .text_classifier import TextEmbeddingClassifier
 from .transformer_decoder import MaskedAttentionDecoder
 from .vocabulary_bank import VocabularyBank
 
-TASKS = ("semantic", "panoptic", "instance", "box")
-
 
 def dataset_loss_weights_from_cfg(cfg) -> Dict[str, float]:
     """cfg.DATASETS.TRAIN_LOSS_WEIGHTS (one per DATASETS.TRAIN entry, empty = 1.0 each)."""
@@ -46,8 +47,6 @@ def text_dim_from_cfg(cfg) -> int:
     """CLASSIFIER.TEXT_DIM, or the text encoder's embedding size when it is 0."""
     if cfg.MODEL.DATASEG.CLASSIFIER.TEXT_DIM > 0:
         return int(cfg.MODEL.DATASEG.CLASSIFIER.TEXT_DIM)
-    from dataseg.text import embedding_dim
-
     return int(embedding_dim(cfg.MODEL.TEXT_ENCODER.NAME, cfg.MODEL.TEXT_ENCODER.CLIP_MODEL))
 
 
@@ -164,8 +163,6 @@ class DaTaSeg(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        from dataseg.text import text_encoder_kwargs_from_cfg
-
         d = cfg.MODEL.DATASEG
         text_dim = text_dim_from_cfg(cfg)
         backbone = build_backbone(cfg)
@@ -177,7 +174,7 @@ class DaTaSeg(nn.Module):
                 cfg, in_channels=d.PIXEL_DECODER.CONVS_DIM, text_dim=text_dim),
             "classifier": TextEmbeddingClassifier(cfg, text_dim=text_dim),
             "criterion": SetCriterion(cfg),
-            "vocabulary": VocabularyBank(text_encoder_kwargs_from_cfg(cfg), text_dim=text_dim),
+            "vocabulary": VocabularyBank(text_embedder_from_cfg(cfg), text_dim=text_dim),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": d.SIZE_DIVISIBILITY, "deep_supervision": d.DEEP_SUPERVISION,
             "merge_eps": d.MERGE_EPS, "merge_empty_logit": d.MERGE_EMPTY_LOGIT,
@@ -247,10 +244,6 @@ class DaTaSeg(nn.Module):
         task = self.vocabulary.task(name)
         if task:
             return task
-        from detectron2.data import MetadataCatalog
-
-        from dataseg.data.dataset_info import get_dataset_info
-
         if name in self.vocabulary and name not in MetadataCatalog.list():
             return "panoptic"  # a run-time vocabulary: panoptic gives sem_seg too
         return get_dataset_info(name).task

@@ -1,21 +1,28 @@
 """Per-dataset vocabularies (frozen text embeddings + thing flags) for the text classifier.
 
-Loaded lazily on first use from the dataset's metadata (``get_dataset_info``) and the text
-encoder's cache (``dataseg.text.embed_vocabulary``), then kept in memory. Not an nn.Module on
+A registered dataset's vocabulary comes from its metadata (``dataseg.contract.get_dataset_info``)
+embedded by the text embedder injected at build time (``dataseg.text.TextEmbedder``), either
+up front (``preload``: the trainer does it for DATASETS.TRAIN right after building the model) or on
+first use, then kept in memory. Not an nn.Module on
 purpose: vocabularies are not part of a checkpoint, so one checkpoint works with any of them.
 """
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from ..contract import get_dataset_info
+from ..text import TextEmbedder
 
 
 class VocabularyBank:
     """name -> (embeddings (K, D) float, is_thing (K,) bool)."""
 
-    def __init__(self, text_encoder_kwargs: Optional[dict] = None,
+    def __init__(self, embedder: Optional[Callable[..., torch.Tensor]] = None,
                  text_dim: Optional[int] = None):
-        self.text_encoder_kwargs = dict(text_encoder_kwargs or {})
+        """``embedder``: class_synonyms (list of lists of names) -> (K, D) embeddings; default
+        ``TextEmbedder()`` (the default text encoder settings)."""
+        self.embedder = embedder if embedder is not None else TextEmbedder()
         self.text_dim = text_dim
         self._vocab: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._task: Dict[str, str] = {}
@@ -46,12 +53,15 @@ class VocabularyBank:
         return self._task.get(name)
 
     def _load(self, name: str) -> None:
-        from dataseg.data.dataset_info import get_dataset_info
-        from dataseg.text import embed_vocabulary
-
         info = get_dataset_info(name)
-        emb = embed_vocabulary(info.class_synonyms, **self.text_encoder_kwargs)
-        self.set(name, emb, info.is_thing)
+        self.set(name, self.embedder(info.class_synonyms), info.is_thing)
+
+    def preload(self, names: Iterable[str]) -> None:
+        """Embeds the registered datasets ``names`` now (those not yet in the bank), so that the
+        first forward on them loads no text encoder and reads no cache."""
+        for name in names:
+            if name not in self._vocab:
+                self._load(name)
 
     def get(self, name: str, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (embeddings, is_thing) of dataset ``name`` on ``device`` (loaded once)."""

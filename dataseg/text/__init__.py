@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from . import cache as _cache
 from .encoders import ENCODERS, embedding_dim, encoder_identity, load_encoder
 
-__all__ = ["DEFAULT_TEMPLATES", "ENCODERS", "embed_vocabulary", "embedding_dim",
-           "text_encoder_kwargs_from_cfg", "normalize_synonyms", "cache_entry_path"]
+__all__ = ["DEFAULT_TEMPLATES", "ENCODERS", "TextEmbedder", "embed_vocabulary", "embedding_dim",
+           "text_embedder_from_cfg", "text_encoder_kwargs_from_cfg", "normalize_synonyms",
+           "cache_entry_path"]
 
 logger = logging.getLogger(__name__)
 
-# Same as the default of cfg.MODEL.TEXT_ENCODER.PROMPT_TEMPLATES (dataseg/config.py).
+# The prompt templates of the paper's recipe; also the default of
+# cfg.MODEL.TEXT_ENCODER.PROMPT_TEMPLATES (dataseg/config.py reads it from here).
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "{}")
 
 
@@ -107,3 +109,22 @@ def text_encoder_kwargs_from_cfg(cfg) -> dict:
             "clip_model": te.CLIP_MODEL, "checkpoint": te.CHECKPOINT,
             "cache_dir": te.CACHE_DIR or None}
 
+
+class TextEmbedder:
+    """Text embeddings with one fixed encoder setting: ``embedder(class_synonyms) -> (K, D)``
+    (``embed_vocabulary`` with these keyword arguments: cached on disk, encoder loaded on a
+    cache miss only). What the model's vocabulary bank is given at build time."""
+
+    def __init__(self, **embed_kwargs):
+        self.embed_kwargs = dict(embed_kwargs)
+
+    def __call__(self, class_synonyms) -> torch.Tensor:
+        return embed_vocabulary(class_synonyms, **self.embed_kwargs)
+
+    def __repr__(self) -> str:
+        return f"TextEmbedder({self.embed_kwargs})"
+
+
+def text_embedder_from_cfg(cfg) -> TextEmbedder:
+    """The ``TextEmbedder`` of ``cfg.MODEL.TEXT_ENCODER``."""
+    return TextEmbedder(**text_encoder_kwargs_from_cfg(cfg))

@@ -8,6 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from dataseg.data.builtin import register_all_builtin
+from dataseg.data.dataset_info import get_dataset_info
+
 from . import DEFAULT_TEMPLATES, ENCODERS, cache_entry_path, embed_vocabulary
 
 
@@ -34,9 +37,6 @@ def _vocabularies(args):
             raise SystemExit(f"error: --names-file {path} does not exist")
         yield str(path), _parse_names(path.read_text().splitlines(), str(path))
     for name in args.dataset or []:
-        from dataseg.data.builtin import register_all_builtin
-        from dataseg.data.dataset_info import get_dataset_info
-
         register_all_builtin()  # idempotent; records paths only
 
         try:

@@ -8,7 +8,6 @@ from detectron2.config import get_cfg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dataseg.config import add_dataseg_config  # noqa: E402
-from dataseg.data.loading import set_skip_bad_records  # noqa: E402
 from dataseg.data.register import unregister_dataset  # noqa: E402
 
 
@@ -30,4 +29,3 @@ def names():
     yield registered
     for n in registered:
         unregister_dataset(n)
-    set_skip_bad_records(False)

@@ -10,7 +10,7 @@ from data_fixtures import (
     write_panoptic_dataset,
     write_semantic_dataset,
 )
-from detectron2.data import build_detection_train_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 
 from dataseg.data.build import build_multi_dataset_train_loader, build_test_loader
 from dataseg.data.mappers import build_train_mapper
@@ -112,3 +112,22 @@ def test_test_loader(cfg, four):
     loader = build_test_loader(cfg, "b_pan")
     items = [b[0] for b in loader]
     assert len(items) == 2 and all(x["task"] == "panoptic" for x in items)
+
+
+def test_dataset_name_is_the_mappers_not_restamped_on_records(cfg, four, names):
+    # A dataset registered straight with Detectron2 has records without "dataset_name": the
+    # loaders leave them as they are and the model inputs still name the dataset (the mapper's).
+    plain = [{k: v for k, v in r.items() if k != "dataset_name"}
+             for r in DatasetCatalog.get("b_sem")]
+    DatasetCatalog.register("b_plain", lambda: plain)
+    MetadataCatalog.get("b_plain").set(**{k: v for k, v in MetadataCatalog.get("b_sem").as_dict()
+                                          .items() if k != "name"})
+    names.append("b_plain")
+    cfg = _small(cfg)
+    cfg.DATASETS.TRAIN = ("b_plain",)
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    batch = next(iter(build_multi_dataset_train_loader(cfg)))
+    assert len(batch) == 2 and all(x["dataset_name"] == "b_plain" for x in batch)
+    items = [b[0] for b in build_test_loader(cfg, "b_plain")]
+    assert len(items) == 3 and all(x["dataset_name"] == "b_plain" for x in items)
+    assert all("dataset_name" not in r for r in plain)  # nothing stamped on the records

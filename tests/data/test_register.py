@@ -15,9 +15,15 @@ from detectron2.data import DatasetCatalog, DatasetFromList, MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
 
 from dataseg.data.dataset_info import get_dataset_info
-from dataseg.data.loading import DatasetFormatError, set_skip_bad_records
+from dataseg.data.loading import (
+    DatasetFormatError,
+    load_semantic_dicts,
+    skip_bad_records,
+    skipping_bad_records,
+)
 from dataseg.data.register import (
     register_box_dataset,
+    register_dataset,
     register_instance_dataset,
     register_panoptic_dataset,
     register_semantic_dataset,
@@ -176,11 +182,16 @@ def test_missing_label_file_error_and_skip(tmp_path, names, caplog):
                               ds["class_names"])
     with pytest.raises(DatasetFormatError, match=str(missing)):
         DatasetCatalog.get("t_sem_bad")
-    set_skip_bad_records(True)
-    with caplog.at_level(logging.WARNING):
+    with skipping_bad_records(), caplog.at_level(logging.WARNING):
         recs = DatasetCatalog.get("t_sem_bad")
+        with skipping_bad_records(False), pytest.raises(DatasetFormatError):
+            DatasetCatalog.get("t_sem_bad")  # a nested strict scope
+        assert skip_bad_records()  # restored on leaving the nested scope, even by an exception
     assert [r["image_id"] for r in recs] == ["img_000", "img_002"]
     assert "skipped 1 bad records" in caplog.text
+    assert not skip_bad_records()  # the scope ended: strict again, nothing to reset by hand
+    with pytest.raises(DatasetFormatError, match=str(missing)):
+        DatasetCatalog.get("t_sem_bad")
 
 
 def test_missing_panoptic_png_named(tmp_path, names):
@@ -200,3 +211,40 @@ def test_bad_categories_rejected(names):
         register_box_dataset("t_x", "/a", "/b.json", [{"id": 1, "name": "a"},
                                                       {"id": 1, "name": "b"}])
     assert "t_x" not in DatasetCatalog.list()
+
+
+def test_one_registration_core_with_before_load(tmp_path, names):
+    # every register_* goes through register_dataset; before_load runs before each load (the
+    # "generate the files if missing" step), and a rejected call changes no catalog entry
+    ds = write_box_dataset(tmp_path, n=2)
+    calls = []
+    names.append("t_hook")
+    register_box_dataset("t_hook", ds["image_root"], ds["json_file"], ds["categories"],
+                         before_load=lambda: calls.append("box"))
+    assert calls == []  # nothing runs at registration
+    assert len(DatasetCatalog.get("t_hook")) == 2 and calls == ["box"]
+    with pytest.raises(ValueError, match="t_hook.*augmentation 'jitter'"):
+        register_box_dataset("t_hook", ds["image_root"], ds["json_file"], ds["categories"],
+                             augmentation="jitter", replace=True)
+    assert get_dataset_info("t_hook").augmentation == "lsj"  # the old entry is still there
+
+    sem = write_semantic_dataset(tmp_path / "sem", n=1)
+
+    def generate():  # e.g. write the label files on first use
+        calls.append("sem")
+
+    names.append("t_core")
+    register_dataset("t_core", "semantic",
+                     lambda: load_semantic_dicts("t_core", sem["image_root"], sem["sem_seg_root"]),
+                     [{"id": 0, "name": "a", "synonyms": [], "isthing": 0}],
+                     evaluator_type="sem_seg", augmentation="none", before_load=generate,
+                     metadata={"ignore_label": 7})
+    assert [r["dataset_name"] for r in DatasetCatalog.get("t_core")] == ["t_core"]
+    assert calls == ["box", "sem"]
+    info = get_dataset_info("t_core")
+    assert (info.task, info.ignore_label, info.augmentation) == ("semantic", 7, "none")
+    with pytest.raises(ValueError, match="task 'depth'"):
+        register_dataset("t_core2", "depth", list, [], evaluator_type=None, augmentation="none")
+    with pytest.raises(ValueError, match="evaluator_type 'lvis'"):
+        register_dataset("t_core2", "box", list, [], evaluator_type="lvis", augmentation="none")
+    assert "t_core2" not in DatasetCatalog.list()

@@ -119,3 +119,19 @@ def test_unknown_flag_among_overrides_is_a_clear_error(capsys):
         parse_args(["--config-file", "c.yaml", "SOLVER.MAX_ITER", "10", "--resum"])
     err = capsys.readouterr().err
     assert "unknown option --resum among the config overrides" in err and "--resume" in err
+
+
+def test_config_saved_before_a_key_was_removed_still_loads(tmp_path):
+    # SOLVER.POLY_LR_CONSTANT_ENDING was read by nothing and is gone; a config.yaml dumped by an
+    # earlier run still names it and must load (ignored), while a truly unknown key still fails.
+    cfg = build_cfg()
+    assert "POLY_LR_CONSTANT_ENDING" not in cfg.SOLVER
+    old = tmp_path / "old_run_config.yaml"
+    old.write_text(cfg.dump().replace("  POLY_LR_POWER: 0.9",
+                                      "  POLY_LR_CONSTANT_ENDING: 0.0\n  POLY_LR_POWER: 0.5"))
+    loaded = build_cfg(str(old))
+    assert loaded.SOLVER.POLY_LR_POWER == 0.5 and "POLY_LR_CONSTANT_ENDING" not in loaded.SOLVER
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("SOLVER:\n  POLY_LR_POWR: 0.5\n")
+    with pytest.raises(ConfigError, match="typo.yaml.*POLY_LR_POWR"):
+        build_cfg(str(bad))

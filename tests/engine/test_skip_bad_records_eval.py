@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 import pytest
-from engine_helpers import QUICKSTART, tiny_opts
+from engine_helpers import QUICKSTART, tiny_opts, write_random_semantic
 from PIL import Image
 
 from dataseg.data.build import build_test_loader
@@ -17,14 +17,7 @@ NAMES = ["wall", "floor", "sky", "tree"]
 
 @pytest.fixture
 def broken_semantic(tmp_path):
-    rng = np.random.default_rng(0)
-    (tmp_path / "img").mkdir()
-    (tmp_path / "lbl").mkdir()
-    for k in range(5):
-        Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(
-            tmp_path / "img" / f"{k}.jpg")
-        Image.fromarray(rng.integers(0, 4, (32, 40), dtype=np.uint8)).save(
-            tmp_path / "lbl" / f"{k}.png")
+    write_random_semantic(tmp_path, 5, num_classes=4)
     (tmp_path / "img" / "1.jpg").write_bytes(b"\xff\xd8 not really a jpeg")  # corrupt image
     Image.fromarray(np.zeros((16, 20), np.uint8)).save(tmp_path / "lbl" / "3.png")  # wrong size
     register_semantic_dataset("skip_sem_val", str(tmp_path / "img"), str(tmp_path / "lbl"),

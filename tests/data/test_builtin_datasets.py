@@ -180,5 +180,5 @@ def test_vocabulary_ids():
     assert {c["name"] for c in city if c["isthing"]} == {
         "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"}
     assert set(VOCABULARIES) == {p.stem for p in
-                                 (Path(__file__).resolve().parents[1] / "dataseg" / "data"
+                                 (Path(__file__).resolve().parents[2] / "dataseg" / "data"
                                   / "vocabularies").glob("*.json")}

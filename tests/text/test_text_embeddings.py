@@ -18,7 +18,7 @@ from dataseg.text import (
 )
 from dataseg.text import encoders as enc
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VOCAB = [["wall"], ["building", "edifice"], ["windowpane", "window"], ["sky"], ["dog", "puppy"]]
 
 

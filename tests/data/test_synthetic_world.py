@@ -28,7 +28,7 @@ from dataseg.data.synthetic.layout import SPLITS, split_paths
 from dataseg.data.synthetic.scene import render_scene, scene_rng, tight_box
 from dataseg.data.synthetic.vocabulary import scene_kinds
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny(root, **kw):
