@@ -12,7 +12,11 @@
   not fit, and zero-pads it to (H, W).
 - ``model.ts`` (TorchScript, traced; same contract) when tracing works;
 - ``model.json``: what the Python side needs (input size, pixel mean/std, input format, task,
-  class synonyms, thing flags, post-processing settings).
+  class synonyms, thing flags, post-processing settings, the baked-in dataset-specific modules).
+
+A model with dataset-specific modules (``MODEL.DATASEG.DATASET_SPECIFIC``, paper Table 5) is
+exported for one dataset, ``dataset=`` (``--dataset``): its copies of the queries, heads and
+prompt tokens are baked into the graph, and ``ExportedPredictor`` asks for the same dataset.
 
 MERGE and the per-task post-processing stay in Python, shared with the eager model:
 ``dataseg.modeling.meta_arch.postprocess_logits``.
@@ -30,6 +34,7 @@ from detectron2.data.catalog import Metadata
 from torch import nn
 
 from dataseg.data.dataset_info import visualizer_fields
+from dataseg.modeling.dataset_specific import model_dataset_index
 from dataseg.modeling.meta_arch import postprocess_logits, preprocess_images
 from dataseg.utils.atomic import atomic_write, atomic_write_bytes
 
@@ -41,16 +46,18 @@ ONNX_OPSET = 17
 
 
 class ExportableNetwork(nn.Module):
-    """``DaTaSeg.network`` with fixed text embeddings: images -> (pred_logits, pred_masks)."""
+    """``DaTaSeg.network`` with fixed text embeddings (and, for dataset-specific modules, a
+    fixed dataset): images -> (pred_logits, pred_masks)."""
 
-    def __init__(self, model, text_embed: torch.Tensor):
+    def __init__(self, model, text_embed: torch.Tensor, dataset: Optional[str] = None):
         super().__init__()
         self.model = model
+        self.dataset = dataset
         self.register_buffer("text_embed", text_embed.detach().clone().float(), False)
 
     def forward(self, images: torch.Tensor):
         """(B, 3, H, W) normalised padded images -> (B, Q, K+1) logits, (B, Q, H/4, W/4)."""
-        return self.model.network(images, self.text_embed)
+        return self.model.network(images, self.text_embed, dataset=self.dataset)
 
 
 def _force_pytorch_deform_attn(model) -> None:
@@ -62,21 +69,31 @@ def _force_pytorch_deform_attn(model) -> None:
 
 
 def export_model(predictor, output_dir: Union[str, Path], size: Tuple[int, int],
-                 torchscript: bool = True) -> dict:
+                 torchscript: bool = True, dataset: Optional[str] = None) -> dict:
     """Exports ``predictor.model`` (a ``DaTaSegPredictor``) with its current vocabulary and
-    task. Returns {"onnx": path, "torchscript": path or None, "torchscript_error": str or
-    None, "json": path}."""
+    task. ``dataset``: whose dataset-specific modules to bake in; required (one-line
+    ValueError listing the model's datasets otherwise) when the model has such modules,
+    unused when it has none. Returns {"onnx": path, "torchscript": path or None,
+    "torchscript_error": str or None, "json": path}."""
     model = predictor.model.eval()
     div = model.size_divisibility
     h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0 or h % div or w % div:
         raise ValueError(f"export size {(h, w)} must be positive multiples of the size "
                          f"divisibility {div}")
+    index = model_dataset_index(model)
+    specific = None
+    if index is not None:
+        owner = index.require(dataset, "--dataset")
+        specific = {"dataset": dataset, "owner": owner,
+                    "serves": [n for n in index.names() if index.owner(n) == owner]}
+    else:
+        dataset = None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _force_pytorch_deform_attn(model)
     text_embed, is_thing = model.vocabulary.get(predictor.vocabulary_name, "cpu")
-    net = ExportableNetwork(model.cpu(), text_embed).eval()
+    net = ExportableNetwork(model.cpu(), text_embed, dataset).eval()
     example = torch.zeros(1, 3, h, w)
     onnx_path = output_dir / "model.onnx"
     with torch.no_grad(), warnings.catch_warnings():
@@ -106,6 +123,7 @@ def export_model(predictor, output_dir: Union[str, Path], size: Tuple[int, int],
         "class_synonyms": predictor.vocabulary.class_synonyms,
         "is_thing": [bool(x) for x in is_thing.tolist()],
         "postprocess": model.postprocess_settings(), "onnx_opset": ONNX_OPSET,
+        "dataset_specific": specific,
     }
     json_path = output_dir / "model.json"
     atomic_write_bytes(json_path, json.dumps(info, indent=1).encode("utf-8"))
@@ -115,9 +133,15 @@ def export_model(predictor, output_dir: Union[str, Path], size: Tuple[int, int],
 
 class ExportedPredictor:
     """Runs ``DIR/model.onnx`` with onnxruntime (CPU) and the shared Python post-processing;
-    same call contract and outputs as ``DaTaSegPredictor`` (BGR HxWx3 uint8 in)."""
+    same call contract and outputs as ``DaTaSegPredictor`` (BGR HxWx3 uint8 in).
 
-    def __init__(self, export_dir: Union[str, Path], num_threads: Optional[int] = None):
+    ``dataset``: for an export with dataset-specific modules, the dataset to predict for; it
+    must be one the baked-in copies serve (ValueError naming them otherwise). ``self.dataset``
+    is then the dataset the export was made for (None for a model without such modules).
+    """
+
+    def __init__(self, export_dir: Union[str, Path], num_threads: Optional[int] = None,
+                 dataset: Optional[str] = None):
         import onnxruntime as ort
 
         export_dir = Path(export_dir)
@@ -126,6 +150,16 @@ class ExportedPredictor:
                 raise FileNotFoundError(f"exported model: {export_dir / f} is missing (run "
                                         "tools/export_model.py)")
         self.info = json.loads((export_dir / "model.json").read_text())
+        specific = self.info.get("dataset_specific")
+        self.dataset = None
+        if specific:
+            baked = specific["dataset"]
+            if dataset is None or dataset not in specific["serves"]:
+                given = "no dataset" if dataset is None else f"dataset='{dataset}'"
+                raise ValueError(f"exported model {export_dir} holds the dataset-specific "
+                                 f"modules of '{baked}' (serving {specific['serves']}); "
+                                 f"{given} given: pass dataset='{baked}'")
+            self.dataset = baked
         opts = ort.SessionOptions()
         if num_threads:
             opts.intra_op_num_threads = int(num_threads)
@@ -189,7 +223,8 @@ def default_export_size(cfg, divisibility: int) -> Sequence[int]:
 
 
 def compare_with_eager(predictor, exported: "ExportedPredictor", images_bgr) -> dict:
-    """Runs the eager network and the ONNX graph on identical padded inputs of each image.
+    """Runs the eager network and the ONNX graph on identical padded inputs of each image
+    (the eager side with the dataset-specific modules of ``exported.dataset``, if any).
 
     Returns {"max_abs_logit_diff", "max_abs_mask_diff" (over all images), "argmax_agreement"
     (fraction of pixels whose semantic argmax, from the shared post-processing of each side's
@@ -203,7 +238,8 @@ def compare_with_eager(predictor, exported: "ExportedPredictor", images_bgr) -> 
     for image in images_bgr:
         images, out_size = exported.preprocess(image)
         with torch.no_grad():
-            l_eager, m_eager = model.network(images.tensor.to(model.device), text_embed)
+            l_eager, m_eager = model.network(images.tensor.to(model.device), text_embed,
+                                             dataset=exported.dataset)
         l_eager, m_eager = l_eager.cpu(), m_eager.cpu()
         l_onnx, m_onnx = exported.run_network(images.tensor)
         max_l = max(max_l, float((l_eager - l_onnx).abs().max()))

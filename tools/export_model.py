@@ -11,6 +11,10 @@ at --size, default the square MIN_SIZE_TEST), DIR/model.ts (TorchScript, when tr
 and DIR/model.json; then runs the ONNX model with onnxruntime on CPU against the eager model
 (--check-images, default: one random image) and prints the max abs logit differences and the
 argmax agreement. Use it from Python with ``dataseg.export.ExportedPredictor(DIR)``.
+
+A model with dataset-specific modules (MODEL.DATASEG.DATASET_SPECIFIC, paper Table 5) needs
+--dataset: that dataset's vocabulary and its copies of the modules are baked in (use it with
+``ExportedPredictor(DIR, dataset=NAME)``).
 """
 import argparse
 import glob
@@ -31,6 +35,10 @@ from dataseg.export import (  # noqa: E402
     default_export_size,
     export_model,
 )
+from dataseg.modeling.dataset_specific import (  # noqa: E402
+    DatasetIndex,
+    uses_dataset_specific,
+)
 from dataseg.predictor import VocabularyError, predictor_from_args  # noqa: E402
 
 
@@ -40,7 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--vocab", help='classes, e.g. "cat, sofa|couch, grass:stuff"')
     p.add_argument("--vocab-file", help="one class a line")
-    p.add_argument("--dataset", help="a registered dataset's vocabulary")
+    p.add_argument("--dataset", help="a registered dataset's vocabulary (and, for a model "
+                   "with dataset-specific modules, whose modules to bake in: required there)")
     p.add_argument("--task", choices=("semantic", "panoptic", "instance"))
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
                    help="fixed input size (default: square MIN_SIZE_TEST)")
@@ -54,6 +63,14 @@ def main(argv=None) -> int:
         cfg.defrost()
         cfg.MODEL.DEVICE = "cpu"
         cfg.MODEL.DATASEG.PIXEL_DECODER.DEFORM_ATTN_IMPL = "pytorch"
+        if uses_dataset_specific(cfg):  # checked before the (slow) model build
+            index = DatasetIndex.from_cfg(cfg)
+            if args.vocab is not None or args.vocab_file is not None:
+                raise ValueError("this model has dataset-specific modules (MODEL.DATASEG."
+                                 "DATASET_SPECIFIC): give --dataset NAME instead of --vocab/"
+                                 "--vocab-file (its vocabulary and modules are baked in); the "
+                                 f"model's datasets: {', '.join(index.names())}")
+            index.require(args.dataset, "--dataset")
         predictor = predictor_from_args(cfg, args.vocab, args.vocab_file, args.dataset,
                                         args.task)
     except (ConfigError, VocabularyError, KeyError, ValueError) as e:
@@ -61,9 +78,15 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     size = args.size or default_export_size(cfg, predictor.model.size_divisibility)
-    result = export_model(predictor, args.output, size, torchscript=not args.no_torchscript)
+    result = export_model(predictor, args.output, size, torchscript=not args.no_torchscript,
+                          dataset=args.dataset)
+    specific = json.loads(result["json"].read_text())["dataset_specific"]
     print(f"wrote {result['onnx']} (input 1x3x{size[0]}x{size[1]}, "
           f"{len(predictor.vocabulary)} classes, task {predictor.task})")
+    if specific:
+        print(f"dataset-specific modules of {specific['dataset']} baked in (the copies of "
+              f"{specific['owner']}); load with ExportedPredictor(DIR, "
+              f"dataset='{specific['dataset']}')")
     if result["torchscript"]:
         print(f"wrote {result['torchscript']}")
     else:
@@ -73,7 +96,8 @@ def main(argv=None) -> int:
     images = [im for im in (cv2.imread(f) for f in paths) if im is not None]
     if not images:
         images = [np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)]
-    stats = compare_with_eager(predictor, ExportedPredictor(args.output), images)
+    stats = compare_with_eager(predictor, ExportedPredictor(args.output, dataset=args.dataset),
+                               images)
     stats["images"] = len(images)
     print("onnxruntime vs eager: " + json.dumps(stats))
     return 0

@@ -7,7 +7,7 @@ training datasets by default) and ``DatasetIndex`` maps a batch's ``dataset_name
 Datasets that own no copy (validation sets, new vocabularies) must be mapped to an owner in
 ``DATASET_SPECIFIC.TEST_MAP``; an unmapped one is a clear error, never a silent default.
 """
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 
 class DatasetIndex:
@@ -39,6 +39,29 @@ class DatasetIndex:
                        f"MODEL.DATASEG.DATASET_SPECIFIC.TEST_MAP (owners: {self.owners}); add "
                        f"'{name}:<owner>' there")
 
+    def names(self) -> List[str]:
+        """Every dataset name this index serves: the owners, then the TEST_MAP entries."""
+        return self.owners + [t for t in self.test_map if t not in self.owners]
+
+    def owner(self, name: str) -> str:
+        """The owner whose copy serves ``name`` (KeyError as ``__call__``)."""
+        return self.owners[self(name)]
+
+    def require(self, name: Optional[str], option: str = "--dataset") -> str:
+        """``name``'s owner, for one fixed choice of copies (an export): a one-line
+        ValueError naming ``option`` and listing the datasets when ``name`` is None or
+        served by no copy."""
+        listed = ", ".join(self.names())
+        if name is None:
+            raise ValueError("this model has dataset-specific modules "
+                             "(MODEL.DATASEG.DATASET_SPECIFIC): give " + option + " NAME, the "
+                             f"dataset whose modules to use; the model's datasets: {listed}")
+        if name not in self.owners and name not in self.test_map:
+            raise ValueError(f"{option} '{name}': no dataset-specific modules serve it (it "
+                             "owns none and is not in MODEL.DATASEG.DATASET_SPECIFIC.TEST_MAP); "
+                             f"the model's datasets: {listed}")
+        return self.owner(name)
+
     @classmethod
     def from_cfg(cls, cfg) -> "DatasetIndex":
         d = cfg.MODEL.DATASEG.DATASET_SPECIFIC
@@ -56,3 +79,12 @@ class DatasetIndex:
 def uses_dataset_specific(cfg) -> bool:
     d = cfg.MODEL.DATASEG.DATASET_SPECIFIC
     return bool(d.QUERIES or d.HEADS or int(d.PROMPT_TOKENS) > 0)
+
+
+def model_dataset_index(model) -> Optional[DatasetIndex]:
+    """The ``DatasetIndex`` of a model's dataset-specific modules, None when it has none."""
+    for m in model.modules():
+        index = getattr(m, "dataset_index", None)
+        if isinstance(index, DatasetIndex):
+            return index
+    return None
