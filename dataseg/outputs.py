@@ -17,13 +17,19 @@ Functions (pure, return arrays / dicts):
   results list [{"image_id", "category_id", "bbox" XYWH, "score", "segmentation" RLE with
   str counts}], loadable with pycocotools ``COCO.loadRes``.
 - ``coco_categories(metadata)``: [{"id", "name", "isthing", "supercategory"}].
-- ``draw_predictions(image_rgb, predictions, metadata, confidence_threshold)``: the
-  Visualizer drawing (HxWx3 uint8 RGB) of panoptic, semantic or instance outputs.
+- ``draw_predictions(image_rgb, predictions, metadata, confidence_threshold, scale)``: the
+  Visualizer drawing (uint8 RGB, ``scale`` times the image size) of panoptic, semantic or
+  instance outputs. ``scale=None`` (default) is ``draw_scale(h, w)``: 1, or for images whose
+  shorter side is under ``DRAW_MIN_SIDE`` (512) px the integer upscale that brings it there
+  (the longer side staying within ``DRAW_MAX_SIDE``, 2048 px). Why: Detectron2's Visualizer
+  never draws a label smaller than 10 pt (about 14 px) at ``scale=1``, a tenth of a 128 px
+  image; drawn at ``scale`` s its minimum becomes ``10 // s * s`` pt on an s-times larger
+  canvas, so labels of small images keep the proportion they have on 512 px ones.
 
 ``PredictionWriter(output_dir, metadata)`` writes one folder for one vocabulary (create a new
 writer after changing the vocabulary); every file is written atomically:
 
-- ``<stem>.jpg``: visualization;
+- ``<stem>.jpg``: visualization (``scale`` times the image size, see ``draw_predictions``);
 - ``<stem>_sem.png``: semantic label PNG (pixel value = contiguous class id), when the
   outputs have "sem_seg";
 - ``panoptic/<stem>.png`` + ``panoptic.json`` (COCO panoptic: "images", "annotations",
@@ -51,7 +57,11 @@ from PIL import Image
 from dataseg.utils.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["semantic_label_map", "panoptic_to_coco", "instances_to_coco_results",
-           "coco_categories", "draw_predictions", "PredictionWriter", "contiguous_to_dataset_id"]
+           "coco_categories", "draw_predictions", "draw_scale", "PredictionWriter",
+           "contiguous_to_dataset_id", "DRAW_MIN_SIDE", "DRAW_MAX_SIDE"]
+
+DRAW_MIN_SIDE = 512  # automatic scale: smaller images are drawn upscaled to this shorter side
+DRAW_MAX_SIDE = 2048  # ... unless the drawing's longer side would pass this
 
 
 def contiguous_to_dataset_id(metadata) -> Dict[int, int]:
@@ -135,11 +145,27 @@ def instances_to_coco_results(instances, image_id: Union[int, str], metadata,
     return results
 
 
+def draw_scale(height: int, width: int) -> int:
+    """The automatic drawing scale: the smallest integer that brings the shorter side to at
+    least ``DRAW_MIN_SIDE`` px, lowered so the longer side stays within ``DRAW_MAX_SIDE``;
+    never below 1 (1 for images already large enough)."""
+    short, long = min(height, width), max(height, width)
+    up = -(-DRAW_MIN_SIDE // max(short, 1))
+    return int(max(1, min(up, DRAW_MAX_SIDE // max(long, 1))))
+
+
 def draw_predictions(image_rgb: np.ndarray, predictions: dict, metadata,
-                     confidence_threshold: float = 0.5) -> np.ndarray:
+                     confidence_threshold: float = 0.5,
+                     scale: Optional[float] = None) -> np.ndarray:
     """Detectron2 Visualizer drawing: panoptic segments when present, else instances with
-    score >= ``confidence_threshold``, else the semantic argmax. Returns HxWx3 uint8 RGB."""
-    vis = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
+    score >= ``confidence_threshold``, else the semantic argmax. ``scale``: the Visualizer's
+    (the drawing is ``scale`` times the image size); None = ``draw_scale`` (see the module
+    docstring). Returns (round(H * scale), round(W * scale), 3) uint8 RGB."""
+    if scale is None:
+        scale = draw_scale(*image_rgb.shape[:2])
+    elif not scale > 0:
+        raise ValueError(f"draw_predictions: scale must be > 0, got {scale}")
+    vis = Visualizer(image_rgb, metadata, scale=float(scale), instance_mode=ColorMode.IMAGE)
     if "panoptic_seg" in predictions:
         seg, infos = predictions["panoptic_seg"]
         out = vis.draw_panoptic_seg(seg.cpu(), infos)
@@ -163,15 +189,18 @@ def _write_json(path: Path, obj) -> None:
 
 
 class PredictionWriter:
-    """Writes the prediction files of one output folder (see the module docstring)."""
+    """Writes the prediction files of one output folder (see the module docstring).
+    ``scale``: of the drawings, as ``draw_predictions`` (None: automatic)."""
 
     def __init__(self, output_dir: Union[str, Path], metadata,
-                 confidence_threshold: float = 0.5, visualize: bool = True):
+                 confidence_threshold: float = 0.5, visualize: bool = True,
+                 scale: Optional[float] = None):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metadata = metadata
         self.confidence_threshold = confidence_threshold
         self.visualize = visualize
+        self.scale = scale
         self.images: List[dict] = []
         self.panoptic_annotations: List[dict] = []
         self.instance_results: List[dict] = []
@@ -188,7 +217,7 @@ class PredictionWriter:
         paths = []
         if self.visualize:
             vis = draw_predictions(image_rgb, predictions, self.metadata,
-                                   self.confidence_threshold)
+                                   self.confidence_threshold, self.scale)
             path = self.output_dir / f"{stem}.jpg"
             atomic_write(path, lambda tmp: Image.fromarray(vis).save(tmp, format="JPEG",
                                                                      quality=92))

@@ -10,6 +10,9 @@ Detectron2's demo options (--config-file, --input files/globs/folders, --output 
 line), --dataset NAME (a registered dataset's vocabulary) or none (MODEL.DATASEG.TEST.VOCABULARY,
 else the first of DATASETS.TEST); --task semantic|panoptic|instance.
 
+--scale S draws at S times the image size (Detectron2 Visualizer's scale; default: 1, or an
+integer upscale for images under 512 px so labels stay in proportion to the picture).
+
 Per image the output folder gets (see dataseg/outputs.py): <name>.jpg (Visualizer drawing),
 <name>_sem.png (semantic labels), panoptic/<name>.png + panoptic.json (COCO panoptic),
 instances_results.json + coco_images.json (COCO instance results, RLE masks). A video gives
@@ -47,6 +50,10 @@ def get_parser():
     p.add_argument("--output", default="output/demo", help="output folder")
     p.add_argument("--confidence-threshold", type=float, default=0.5,
                    help="minimum score of drawn instances")
+    p.add_argument("--scale", type=float, default=None,
+                   help="drawing scale (Visualizer's scale: the drawing is S times the image "
+                        "size); default: 1, or the integer upscale that brings an image's "
+                        "shorter side to 512 px (at most 2048 px long)")
     vocab = p.add_argument_group("vocabulary (at most one; default: the config's)")
     vocab.add_argument("--vocab", help='classes, e.g. "cat, sofa|couch, grass:stuff"')
     vocab.add_argument("--vocab-file", help="one class a line, synonyms '|', ':stuff' marks")
@@ -90,7 +97,7 @@ def unique_stem(path: str, used: set) -> str:
     return out
 
 
-def run_video(predictor, path, output_dir, threshold, log):
+def run_video(predictor, path, output_dir, threshold, log, scale=None):
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         raise OSError("cannot open the video")
@@ -105,7 +112,7 @@ def run_video(predictor, path, output_dir, threshold, log):
             if not ok:
                 break
             vis = draw_predictions(frame[:, :, ::-1], predictor(frame), predictor.metadata,
-                                   threshold)[:, :, ::-1]
+                                   threshold, scale)[:, :, ::-1]
             if writer is None:
                 h, w = vis.shape[:2]
                 writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"mp4v"), fps,
@@ -128,6 +135,9 @@ def main(argv=None) -> int:
     if not args.input and not args.video_input:
         print("demo.py: give --input and/or --video-input", file=sys.stderr)
         return 2
+    if args.scale is not None and not args.scale > 0:
+        print(f"demo.py: --scale must be > 0, got {args.scale}", file=sys.stderr)
+        return 2
     try:
         cfg = build_cfg(args.config_file, args.opts)
         predictor = predictor_from_args(cfg, args.vocab, args.vocab_file, args.dataset,
@@ -144,7 +154,8 @@ def main(argv=None) -> int:
         paths, bad = expand_inputs(args.input)
         failed += bad
         total += len(paths) + len(bad)
-        writer = PredictionWriter(args.output, predictor.metadata, args.confidence_threshold)
+        writer = PredictionWriter(args.output, predictor.metadata, args.confidence_threshold,
+                                  scale=args.scale)
         used = set()
         for path in tqdm.tqdm(paths, desc="images", unit="img"):
             image = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -162,7 +173,8 @@ def main(argv=None) -> int:
     if args.video_input:
         total += 1
         try:
-            run_video(predictor, args.video_input, args.output, args.confidence_threshold, log)
+            run_video(predictor, args.video_input, args.output, args.confidence_threshold, log,
+                      args.scale)
         except (OSError, RuntimeError, ValueError) as e:
             failed.append((args.video_input, str(e)))
     for path, why in failed:

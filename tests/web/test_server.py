@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dataseg.outputs import draw_scale
 from dataseg.text import cache_entry_path, text_encoder_kwargs_from_cfg
 from dataseg.web.service import Limits, decode_image
 
@@ -96,7 +97,8 @@ def test_segment_a_validation_image(demo_server, tiny_demo, task):
     if task == "semantic":  # every pixel has a class
         assert sum(s["area"] for s in segments) == h * w
     vis = Image.open(io.BytesIO(base64.b64decode(answer["visualization_png_base64"])))
-    assert vis.format == "PNG" and vis.size == (w, h)
+    s = draw_scale(h, w)  # small images are drawn upscaled (labels in proportion)
+    assert vis.format == "PNG" and vis.size == (w * s, h * s) and s > 1
     status, data = get(demo_server.url + answer["download"])
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     stem = image.stem
