@@ -20,11 +20,11 @@ Functions (pure, return arrays / dicts):
 - ``draw_predictions(image_rgb, predictions, metadata, confidence_threshold, scale)``: the
   Visualizer drawing (uint8 RGB, ``scale`` times the image size) of panoptic, semantic or
   instance outputs. ``scale=None`` (default) is ``draw_scale(h, w)``: 1, or for images whose
-  shorter side is under ``DRAW_MIN_SIDE`` (512) px the integer upscale that brings it there
+  shorter side is under ``DRAW_MIN_SIDE`` (384) px the integer upscale that brings it there
   (the longer side staying within ``DRAW_MAX_SIDE``, 2048 px). Why: Detectron2's Visualizer
   never draws a label smaller than 10 pt (about 14 px) at ``scale=1``, a tenth of a 128 px
   image; drawn at ``scale`` s its minimum becomes ``10 // s * s`` pt on an s-times larger
-  canvas, so labels of small images keep the proportion they have on 512 px ones.
+  canvas, so labels of small images keep about the proportion they have on 512 px ones.
 
 ``PredictionWriter(output_dir, metadata)`` writes one folder for one vocabulary (create a new
 writer after changing the vocabulary); every file is written atomically:
@@ -60,7 +60,7 @@ __all__ = ["semantic_label_map", "panoptic_to_coco", "instances_to_coco_results"
            "coco_categories", "draw_predictions", "draw_scale", "PredictionWriter",
            "contiguous_to_dataset_id", "DRAW_MIN_SIDE", "DRAW_MAX_SIDE"]
 
-DRAW_MIN_SIDE = 512  # automatic scale: smaller images are drawn upscaled to this shorter side
+DRAW_MIN_SIDE = 384  # automatic scale: smaller images are drawn upscaled to this shorter side
 DRAW_MAX_SIDE = 2048  # ... unless the drawing's longer side would pass this
 
 

@@ -11,7 +11,7 @@ line), --dataset NAME (a registered dataset's vocabulary) or none (MODEL.DATASEG
 else the first of DATASETS.TEST); --task semantic|panoptic|instance.
 
 --scale S draws at S times the image size (Detectron2 Visualizer's scale; default: 1, or an
-integer upscale for images under 512 px so labels stay in proportion to the picture).
+integer upscale for images under 384 px so labels stay in proportion to the picture).
 
 Per image the output folder gets (see dataseg/outputs.py): <name>.jpg (Visualizer drawing),
 <name>_sem.png (semantic labels), panoptic/<name>.png + panoptic.json (COCO panoptic),
@@ -53,7 +53,7 @@ def get_parser():
     p.add_argument("--scale", type=float, default=None,
                    help="drawing scale (Visualizer's scale: the drawing is S times the image "
                         "size); default: 1, or the integer upscale that brings an image's "
-                        "shorter side to 512 px (at most 2048 px long)")
+                        "shorter side to 384 px (at most 2048 px long)")
     vocab = p.add_argument_group("vocabulary (at most one; default: the config's)")
     vocab.add_argument("--vocab", help='classes, e.g. "cat, sofa|couch, grass:stuff"')
     vocab.add_argument("--vocab-file", help="one class a line, synonyms '|', ':stuff' marks")

@@ -41,8 +41,8 @@ def test_labels_are_in_proportion_to_small_and_large_images():
     assert relative[128] < 0.06, relative
 
 
-@pytest.mark.parametrize("size,scale,expected", [(128, None, 512), (128, 1, 128),
-                                                 (128, 2.5, 320), (64, None, 512),
+@pytest.mark.parametrize("size,scale,expected", [(128, None, 384), (128, 1, 128),
+                                                 (128, 2.5, 320), (64, None, 384),
                                                  (512, None, 512), (900, None, 900)])
 def test_scale_is_honoured_and_defaults_to_an_integer_upscale_of_small_images(size, scale,
                                                                               expected):
@@ -52,7 +52,7 @@ def test_scale_is_honoured_and_defaults_to_an_integer_upscale_of_small_images(si
 
 
 def test_automatic_scale_keeps_long_images_bounded():
-    assert draw_scale(128, 128) == 4 and draw_scale(600, 800) == 1
+    assert draw_scale(128, 128) == 3 and draw_scale(600, 800) == 1
     assert draw_scale(100, 3000) == 1  # an upscale would pass the 2048 px bound
     assert draw_scale(100, 900) == 2
     with pytest.raises(ValueError, match="scale"):
@@ -62,10 +62,10 @@ def test_automatic_scale_keeps_long_images_bounded():
 def test_prediction_writer_and_demo_take_the_scale(tmp_path, capsys):
     image = np.full((40, 60, 3), 255, np.uint8)
     preds = {"sem_seg": torch.zeros(2, 40, 60)}
-    for scale, size in ((2, (120, 80)), (None, (60 * 13, 40 * 13)), (1, (60, 40))):
+    for scale, size in ((2, (120, 80)), (None, (600, 400)), (1, (60, 40))):
         out = tmp_path / f"s{scale}"
         PredictionWriter(out, META, scale=scale).write("a", image, preds)
-        assert Image.open(out / "a.jpg").size == size  # 40 px short side: 13x reaches 512
+        assert Image.open(out / "a.jpg").size == size  # 40 px short side: 10x reaches 384
         assert Image.open(out / "a_sem.png").size == (60, 40)  # label files: image size
     spec = importlib.util.spec_from_file_location("dataseg_demo", REPO / "demo" / "demo.py")
     demo = importlib.util.module_from_spec(spec)
