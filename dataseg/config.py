@@ -205,7 +205,8 @@ def add_dataseg_config(cfg):
     cfg.MODEL.VIT.OUT_CHANNELS = 256
     cfg.MODEL.VIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # Pretrained ViT weights: a local MAE (.pth, "model" dict) or timm (.pth/.safetensors) file,
-    # converted on load ("" = random init). MODEL.WEIGHTS, when set, is loaded afterwards.
+    # converted on load ("" = random init). Read when a training starts (not when it resumes,
+    # nor when MODEL.WEIGHTS gave the ViT); building a model, evaluation and export never read it.
     cfg.MODEL.VIT.WEIGHTS = ""
 
     # ------------------------------------------------------------------ datasets

@@ -78,6 +78,8 @@ def set_rng_state(state):
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with atomic saves, saved RNG states and strict shape checks."""
 
+    missing_model_keys = None  # set by each load (see _record_missing)
+
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
             return
@@ -113,7 +115,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if checkpoint.get("matching_heuristics", False):
             # Backbone weights from another codebase (e.g. ImageNet .pkl): names are matched
             # heuristically by Detectron2, partial loading is expected.
-            return super()._load_model(checkpoint)
+            return self._record_missing(super()._load_model(checkpoint))
         model_state = self.model.state_dict()
         self._convert_ndarray_to_tensor(checkpoint["model"])
         ckpt_state = {k[len("module."):] if k.startswith("module.") else k: v
@@ -130,7 +132,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"checkpoint {getattr(self, '_loading_path', '?')} does not match the model "
                 f"built from the config ({len(mismatched)} shape mismatches; {detail}). Was it "
                 "trained with another architecture (hidden dim, queries, backbone)?")
-        return super()._load_model(checkpoint)
+        return self._record_missing(super()._load_model(checkpoint))
+
+    def _record_missing(self, incompatible):
+        """Keeps the model keys the last load did not fill (``missing_model_keys``; None
+        before any load), e.g. for ``load_pretrained_vit``."""
+        self.missing_model_keys = (list(incompatible.missing_keys)
+                                   if incompatible is not None else [])
+        return incompatible
 
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):

@@ -37,6 +37,7 @@ from dataseg.engine.checkpoint import AtomicCheckpointer
 from dataseg.engine.evaluation import build_evaluator, write_summary
 from dataseg.engine.optimizer import build_lr_scheduler, build_optimizer
 from dataseg.engine.preflight import preflight
+from dataseg.modeling.backbone.vitdet import load_pretrained_vit
 from dataseg.utils.atomic import atomic_write_bytes
 
 __all__ = ["DaTaSegTrainer", "weights_checksum"]
@@ -136,6 +137,7 @@ class DaTaSegTrainer(DefaultTrainer):
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR,
                                                trainer=weakref.proxy(self))
         self.start_iter = 0
+        self.vit_load_report = None  # MODEL.VIT.WEIGHTS' load report (resume_or_load)
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
@@ -196,7 +198,13 @@ class DaTaSegTrainer(DefaultTrainer):
                            "the optimizer starts afresh")
 
     def resume_or_load(self, resume=True):
+        """Detectron2's, then, for a training that starts rather than resumes, the ViT's
+        pretrained weights (MODEL.VIT.WEIGHTS) unless MODEL.WEIGHTS gave the trunk."""
+        resuming = resume and self.checkpointer.has_checkpoint()
+        self.checkpointer.missing_model_keys = None
         super().resume_or_load(resume=resume)
+        self.vit_load_report = None if resuming else load_pretrained_vit(
+            self.model, self.cfg.MODEL.VIT.WEIGHTS, self.checkpointer.missing_model_keys)
         if self.start_iter > 0:
             self._fast_forward_data(self.start_iter)
 

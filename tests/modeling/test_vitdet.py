@@ -11,6 +11,7 @@ from detectron2.modeling import build_backbone
 from safetensors.torch import save_file
 from step_helpers import unchanged_after_one_step
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 import dataseg.modeling  # noqa: F401  (registers the backbones)
 from dataseg.engine import build_cfg
@@ -19,6 +20,7 @@ from dataseg.modeling.backbone.vitdet import (
     ViT,
     ViTDetBackbone,
     convert_vit_state_dict,
+    load_pretrained_vit,
     load_vit_checkpoint,
     window_partition,
     window_unpartition,
@@ -139,8 +141,16 @@ def test_loads_mae_layout_through_the_config(tmp_path):
                            "MODEL.VIT.DEPTH", DEPTH, "MODEL.VIT.NUM_HEADS", HEADS,
                            "MODEL.VIT.GLOBAL_BLOCKS", "[1]", "MODEL.VIT.PRETRAIN_IMG_SIZE", 96])
     backbone = build_backbone(cfg, ShapeSpec(channels=3))
-    _check_loaded(backbone.vit, backbone.load_report, src)
-    assert "decoder_embed.weight" in backbone.load_report["unused"]
+    # building reads no file (Detectron2's convention): the trainer loads it at training start
+    assert not torch.equal(backbone.vit.patch_embed.proj.weight, src["patch_embed.proj.weight"])
+    model = nn.Module()
+    model.backbone = backbone
+    all_keys = list(model.state_dict())
+    # MODEL.WEIGHTS loaded first and held ViT keys: the file is not read
+    assert load_pretrained_vit(model, str(path), missing_from_weights=[]) is None
+    report = load_pretrained_vit(model, cfg.MODEL.VIT.WEIGHTS, missing_from_weights=all_keys)
+    _check_loaded(backbone.vit, report, src)
+    assert "decoder_embed.weight" in report["unused"]
 
 
 def test_sam_layout_nhwc_pos_embed_and_module_prefix(tmp_path):

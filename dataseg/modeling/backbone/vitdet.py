@@ -12,12 +12,17 @@ layouts -> this module's names).
 
 Output features are named ``res2``..``res5`` (strides 4..32) so the pixel-decoder keys of the
 ResNet configs (``DEFORM_IN_FEATURES``/``FUSE_IN_FEATURES``) work unchanged.
+
+Pretrained weights follow Detectron2's convention: building the backbone reads no file.
+``MODEL.VIT.WEIGHTS`` is loaded by ``load_pretrained_vit`` when a training starts
+(``DaTaSegTrainer.resume_or_load``: not when resuming, nor when MODEL.WEIGHTS already gave the
+ViT), so evaluation, predictors and export need only MODEL.WEIGHTS.
 """
 import argparse
 import logging
 import math
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -29,8 +34,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["ViT", "ViTDetBackbone", "SimpleFeaturePyramid", "build_vitdet_backbone",
-           "convert_vit_state_dict", "load_vit_checkpoint", "window_partition",
-           "window_unpartition", "NotAViTCheckpointError"]
+           "convert_vit_state_dict", "load_vit_checkpoint", "load_pretrained_vit",
+           "window_partition", "window_unpartition", "NotAViTCheckpointError"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +172,12 @@ class SimpleFeaturePyramid(nn.Module):
 
 
 class ViTDetBackbone(Backbone):
-    """ViT trunk + simple feature pyramid, as a Detectron2 ``Backbone`` (res2..res5)."""
+    """ViT trunk + simple feature pyramid, as a Detectron2 ``Backbone`` (res2..res5). Built at
+    random init: ``load_pretrained_vit`` loads MODEL.VIT.WEIGHTS at training start."""
 
     @configurable
     def __init__(self, *, vit: ViT, out_channels: int = 256,
-                 out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
-                 weights: str = ""):
+                 out_features: Sequence[str] = ("res2", "res3", "res4", "res5")):
         super().__init__()
         bad = [f for f in out_features if f not in _STRIDES]
         if bad or not out_features:
@@ -184,7 +189,6 @@ class ViTDetBackbone(Backbone):
         self._out_features = list(self.pyramid.out_features)
         self._out_feature_strides = {f: _STRIDES[f] for f in self._out_features}
         self._out_feature_channels = {f: out_channels for f in self._out_features}
-        self.load_report = load_vit_checkpoint(self.vit, weights) if weights else None
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -196,7 +200,7 @@ class ViTDetBackbone(Backbone):
                   window_size=v.WINDOW_SIZE, global_blocks=list(v.GLOBAL_BLOCKS),
                   use_rel_pos=v.USE_REL_POS, use_act_checkpoint=v.ACTIVATION_CHECKPOINT)
         return {"vit": vit, "out_channels": v.OUT_CHANNELS,
-                "out_features": list(v.OUT_FEATURES), "weights": v.WEIGHTS}
+                "out_features": list(v.OUT_FEATURES)}
 
     @property
     def num_layers(self) -> int:
@@ -344,3 +348,32 @@ def load_vit_checkpoint(vit: ViT, path: str) -> Dict[str, List[str]]:
     if other:
         logger.warning("ViT weights %s: model keys missing from the file: %s", path, other)
     return report
+
+
+def load_pretrained_vit(model: nn.Module, path: str,
+                        missing_from_weights: Optional[Collection[str]] = None
+                        ) -> Optional[Dict[str, List[str]]]:
+    """Loads MODEL.VIT.WEIGHTS ``path`` into the ViT trunk of ``model`` (a DaTaSeg model, its
+    DDP wrapper, or any module whose ``backbone`` is a ``ViTDetBackbone``); what a training
+    start does. ``missing_from_weights``: when MODEL.WEIGHTS was loaded first, the model keys
+    it lacked (the checkpointer's missing keys): if it held any key of the ViT trunk, the
+    trunk came from it and ``path`` is not read. Returns ``load_vit_checkpoint``'s report, or
+    None when nothing was loaded (``path`` empty, no ViTDet backbone, trunk already loaded).
+    """
+    if not path:
+        return None
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, ViTDetBackbone):
+        logger.warning("MODEL.VIT.WEIGHTS %s not read: the backbone is %s, not ViTDet", path,
+                       type(backbone).__name__)
+        return None
+    if missing_from_weights is not None:
+        prefix = next(n for n, m in model.named_modules() if m is backbone.vit) + "."
+        missing = set(missing_from_weights)
+        held = [k for k in model.state_dict() if k.startswith(prefix) and k not in missing]
+        if held:
+            logger.info("MODEL.VIT.WEIGHTS %s not read: MODEL.WEIGHTS gave the ViT trunk "
+                        "(%d tensors)", path, len(held))
+            return None
+    return load_vit_checkpoint(backbone.vit, path)
