@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+import cv2
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
@@ -45,7 +46,8 @@ from dataseg.modeling.meta_arch import default_vocabulary_from_cfg
 from dataseg.text import embed_vocabulary, text_encoder_kwargs_from_cfg
 
 __all__ = ["Vocabulary", "VocabularyError", "parse_vocabulary", "load_vocabulary_file",
-           "as_vocabulary", "vocabulary_metadata", "DaTaSegPredictor", "predictor_from_args"]
+           "as_vocabulary", "vocabulary_metadata", "DaTaSegPredictor", "predictor_from_args",
+           "ImageReadError", "read_image", "stretch_to_uint8"]
 
 STUFF_MARK, THING_MARK = "stuff", "thing"
 
@@ -275,6 +277,47 @@ class DaTaSegPredictor:
         ``self.metadata.thing_classes`` / ``stuff_classes``)."""
         with torch.no_grad():
             return self.model([self.preprocess(original_image)])[0]
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be decoded; the message names it (one line)."""
+
+
+def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Levels of more than 8 bits (any shape) stretched from their min..max to 0..255 uint8
+    (a constant image gives zeros; NaNs give 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    return np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0).round().clip(
+        0, 255).astype(np.uint8)
+
+
+def read_image(path: Union[str, Path]) -> np.ndarray:
+    """An image file -> HxWx3 uint8 BGR, what ``DaTaSegPredictor`` takes (the reader of
+    demo/demo.py and tools/export_model.py).
+
+    8-bit files read as ``cv2.imread(path, cv2.IMREAD_COLOR)`` does (EXIF orientation applied;
+    grey, grey + alpha, RGBA, palette and CMYK converted to BGR, alpha dropped). Files with
+    more bits per channel (16-bit PNG / TIFF, float TIFF) are stretched from their min..max to
+    0..255 (``stretch_to_uint8``, as the web demo does) instead of cut to their top byte,
+    which leaves 10- or 12-bit data nearly black. Raises ``ImageReadError`` naming the file.
+    """
+    path = str(path)
+    raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.size == 0:
+        raise ImageReadError(f"{path}: cannot be read as an image")
+    if raw.dtype == np.uint8:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise ImageReadError(f"{path}: cannot be read as an image")
+        return image
+    if raw.ndim == 3 and raw.shape[2] in (2, 4):  # grey + alpha, BGRA: drop the alpha
+        raw = raw[..., :-1]
+    if raw.ndim == 2 or raw.shape[2] == 1:
+        raw = np.repeat(raw.reshape(raw.shape[0], raw.shape[1], 1), 3, axis=2)
+    return np.ascontiguousarray(stretch_to_uint8(raw))
 
 
 def predictor_from_args(cfg, vocab: Optional[str] = None, vocab_file: Optional[str] = None,

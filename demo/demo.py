@@ -16,7 +16,9 @@ integer upscale for images under 384 px so labels stay in proportion to the pict
 Per image the output folder gets (see dataseg/outputs.py): <name>.jpg (Visualizer drawing),
 <name>_sem.png (semantic labels), panoptic/<name>.png + panoptic.json (COCO panoptic),
 instances_results.json + coco_images.json (COCO instance results, RLE masks). A video gives
-<name>.mp4 with the drawings. An input that cannot be read is reported in one line and skipped;
+<name>.mp4 with the drawings. Images are read by dataseg.predictor.read_image (grey, RGBA,
+palette and CMYK files become BGR; 16-bit ones are stretched to 8 bits). An input that cannot
+be read is reported in one line and skipped;
 the run ends with the count of skipped inputs (exit status 1 when any was skipped; 2 when the
 vocabulary, dataset or config is unusable).
 """
@@ -36,7 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataseg  # noqa: E402,F401  (registers DaTaSeg and the datasets)
 from dataseg.engine import ConfigError, build_cfg  # noqa: E402
 from dataseg.outputs import PredictionWriter, draw_predictions  # noqa: E402
-from dataseg.predictor import VocabularyError, predictor_from_args  # noqa: E402
+from dataseg.predictor import (  # noqa: E402
+    ImageReadError,
+    VocabularyError,
+    predictor_from_args,
+    read_image,
+)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TASKS = ("semantic", "panoptic", "instance")
@@ -158,10 +165,11 @@ def main(argv=None) -> int:
                                   scale=args.scale)
         used = set()
         for path in tqdm.tqdm(paths, desc="images", unit="img"):
-            image = cv2.imread(path, cv2.IMREAD_COLOR)
-            if image is None:
+            try:
+                image = read_image(path)
+            except ImageReadError as e:
                 failed.append((path, "cannot be read as an image"))
-                tqdm.tqdm.write(f"skipped {path}: cannot be read as an image")
+                tqdm.tqdm.write(f"skipped {e}")
                 continue
             try:
                 outputs = predictor(image)

@@ -22,7 +22,6 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,7 +38,12 @@ from dataseg.modeling.dataset_specific import (  # noqa: E402
     DatasetIndex,
     uses_dataset_specific,
 )
-from dataseg.predictor import VocabularyError, predictor_from_args  # noqa: E402
+from dataseg.predictor import (  # noqa: E402
+    ImageReadError,
+    VocabularyError,
+    predictor_from_args,
+    read_image,
+)
 
 
 def main(argv=None) -> int:
@@ -93,8 +97,16 @@ def main(argv=None) -> int:
         print(f"TorchScript not written: {result['torchscript_error']}")
 
     paths = sorted({f for pat in args.check_images for f in glob.glob(pat)})
-    images = [im for im in (cv2.imread(f) for f in paths) if im is not None]
+    images = []
+    for f in paths:
+        try:
+            images.append(read_image(f))
+        except ImageReadError as e:
+            print(f"export_model.py: skipped {e}", file=sys.stderr)
     if not images:
+        if args.check_images:
+            print("export_model.py: no readable --check-images; comparing on one random image",
+                  file=sys.stderr)
         images = [np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)]
     stats = compare_with_eager(predictor, ExportedPredictor(args.output, dataset=args.dataset),
                                images)

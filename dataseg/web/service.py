@@ -29,7 +29,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dataseg.data.dataset_info import get_dataset_info
 from dataseg.outputs import PredictionWriter, draw_predictions
-from dataseg.predictor import DaTaSegPredictor, VocabularyError, parse_vocabulary
+from dataseg.predictor import (
+    DaTaSegPredictor,
+    VocabularyError,
+    parse_vocabulary,
+    stretch_to_uint8,
+)
 from dataseg.predictor import Vocabulary as PredictorVocabulary
 from dataseg.text import cache_entry_path, embed_vocabulary, text_encoder_kwargs_from_cfg
 
@@ -127,9 +132,7 @@ class Gate:
 
 def _to_8bit(grey: np.ndarray) -> Image.Image:
     """High-bit-depth grey levels stretched to 0..255 (Pillow's own conversion clips them)."""
-    lo, hi = float(np.nanmin(grey)), float(np.nanmax(grey))
-    scaled = (grey - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(grey)
-    return Image.fromarray(np.nan_to_num(scaled).round().astype(np.uint8), mode="L")
+    return Image.fromarray(stretch_to_uint8(grey), mode="L")
 
 
 def decode_image(data: bytes, filename: str, limits: Limits) -> Tuple[np.ndarray, Optional[list]]:
