@@ -34,9 +34,8 @@ def broken_semantic(tmp_path):
     unregister_dataset("skip_sem_val")
 
 
-def _cfg(tmp, skip):
-    return build_cfg(QUICKSTART, tiny_opts(tmp, tmp / "out", train=("skip_sem_val",),
-                                           test=("skip_sem_val",),
+def _cfg(tmp, skip, name="skip_sem_val", out="out"):
+    return build_cfg(QUICKSTART, tiny_opts(tmp, tmp / out, train=(name,), test=(name,),
                                            **{"DATASETS.SKIP_BAD_RECORDS": skip}))
 
 
@@ -47,6 +46,16 @@ class _Collect(logging.Handler):
 
     def emit(self, record):
         self.messages.append(record.getMessage())
+
+
+def _test_and_log(cfg, model, logger_name):
+    """DaTaSegTrainer.test's results and the messages logged to ``logger_name`` meanwhile."""
+    collect = _Collect()
+    logging.getLogger(logger_name).addHandler(collect)
+    try:
+        return DaTaSegTrainer.test(cfg, model), collect.messages
+    finally:
+        logging.getLogger(logger_name).removeHandler(collect)
 
 
 def test_evaluation_skips_bad_records_with_a_count(broken_semantic):
@@ -62,15 +71,10 @@ def test_evaluation_skips_bad_records_with_a_count(broken_semantic):
 
     model = DaTaSegTrainer.build_model(cfg)
     model.eval()
-    collect = _Collect()
-    logging.getLogger("dataseg.data.build").addHandler(collect)
-    try:
-        results = DaTaSegTrainer.test(cfg, model)
-    finally:
-        logging.getLogger("dataseg.data.build").removeHandler(collect)
+    results, messages = _test_and_log(cfg, model, "dataseg.data.build")
     assert np.isfinite(results["skip_sem_val"]["sem_seg"]["mIoU"])
     assert any("dataset 'skip_sem_val': skipped 2 bad records of 5 in evaluation" in m
-               for m in collect.messages), collect.messages
+               for m in messages), messages
 
 
 @pytest.fixture
@@ -92,28 +96,19 @@ def test_panoptic_evaluation_over_loaded_images_with_skipped_count(broken_panopt
     # stopped at the first ground-truth image without a prediction (a skipped record); it now
     # scores the images that loaded and reports how many were skipped
     tmp = broken_panoptic
-    cfg = build_cfg(QUICKSTART, tiny_opts(tmp, tmp / "out", train=("skip_pan_val",),
-                                          test=("skip_pan_val",),
-                                          **{"DATASETS.SKIP_BAD_RECORDS": True}))
+    cfg = _cfg(tmp, True, "skip_pan_val")
     model = DaTaSegTrainer.build_model(cfg)
     model.eval()
-    collect = _Collect()
-    logging.getLogger("dataseg").addHandler(collect)
-    try:
-        results = DaTaSegTrainer.test(cfg, model)
-    finally:
-        logging.getLogger("dataseg").removeHandler(collect)
+    results, messages = _test_and_log(cfg, model, "dataseg")
     res = results["skip_pan_val"]
     assert np.isfinite(res["panoptic_seg"]["PQ"])
     assert res["images"] == {"evaluated": 3, "skipped": 2, "total": 5}
     assert any("dataset 'skip_pan_val': panoptic evaluation over 3 of 5 images, 2 skipped as "
-               "bad records" in m for m in collect.messages), collect.messages
+               "bad records" in m for m in messages), messages
     summary = json.loads((tmp / "out" / "eval_summary.json").read_text())
     assert summary["results"]["skip_pan_val"]["images"]["skipped"] == 2
     md = (tmp / "out" / "eval_summary.md").read_text()
     assert "skip_pan_val: evaluated 3 of 5 images (2 skipped as bad records)" in md
     # without skipping, the bad record still stops evaluation with a clear error
-    strict = build_cfg(QUICKSTART, tiny_opts(tmp, tmp / "out2", train=("skip_pan_val",),
-                                             test=("skip_pan_val",)))
     with pytest.raises(DatasetFormatError, match="000001.png"):
-        DaTaSegTrainer.test(strict, model)
+        DaTaSegTrainer.test(_cfg(tmp, False, "skip_pan_val", out="out2"), model)
