@@ -58,6 +58,18 @@ def write_o365_json(path: Path, num_images: int, num_boxes: int, seed: int = 0) 
         f.write("]}")
 
 
+def _import_floor() -> float:
+    """Imports what every child needs (torch, detectron2, dataseg's data layer) and returns the
+    max RSS so far: the import floor, measured the same way in every child, so that what comes
+    after it is the dataset's own share."""
+    import detectron2.data  # noqa: F401
+
+    import dataseg.data.columnar  # noqa: F401
+    import dataseg.data.register  # noqa: F401
+
+    return _rss_mb()
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -82,7 +94,7 @@ def _child_json(json_file: str) -> None:
     os.environ["DATASEG_COLUMNAR_CACHE"] = "0"
     from detectron2.data import DatasetCatalog, DatasetFromList
 
-    rss_imports = _rss_mb()
+    rss_imports = _import_floor()
     _register(json_file)
     t1 = time.perf_counter()
     dicts = DatasetCatalog.get("bench_o365")
@@ -106,7 +118,7 @@ def _child_columnar(json_file: str, iterate: bool) -> None:
     optionally one pass over all records; one json line."""
     from detectron2.data import DatasetCatalog
 
-    rss_imports = _rss_mb()
+    rss_imports = _import_floor()
     _register(json_file)
     t0 = time.perf_counter()
     ds = DatasetCatalog.get("bench_o365")
@@ -125,10 +137,12 @@ def _child_columnar(json_file: str, iterate: bool) -> None:
 
 
 def _child_rank(json_file: str, with_data: bool) -> None:
-    """One 'rank': imports, opens the dataset and iterates over it (or imports only), says
-    'ready' and waits on stdin so that the parent can read every rank's PSS at one moment."""
+    """One 'rank': imports (the same in both kinds), opens the dataset and iterates over it (or
+    not: import only), says 'ready' and waits on stdin so that the parent can read every rank's
+    PSS at one moment."""
     from detectron2.data import DatasetCatalog
 
+    _import_floor()
     if with_data:
         _register(json_file)
         _iterate(DatasetCatalog.get("bench_o365"))
@@ -302,6 +316,16 @@ def main():
     print(f"  {res['ranks']} ranks, summed PSS: imports only {ri['pss_sum_mb']:.0f} MB; open + "
           f"iterate {rd['pss_sum_mb']:.0f} MB (dataset's share {share:.0f} MB); max RSS of a "
           f"rank {rd['rss_max_mb']:.0f} MB")
+    # the targets of issue 12, for the process total and for the data layer's own share
+    own = w["max_rss_mb"] - w["rss_imports_mb"]
+    met = {True: "met", False: "NOT met"}
+    print(f"  targets: rank peak RSS < 1024 MB: total {w['max_rss_mb']:.0f} MB "
+          f"{met[w['max_rss_mb'] < 1024]}; import floor (torch, detectron2, dataseg) "
+          f"{w['rss_imports_mb']:.0f} MB + the dataset's own share {own:.0f} MB "
+          f"{met[own < 1024]}")
+    print(f"           {res['ranks']} ranks summed PSS < 2048 MB: total {rd['pss_sum_mb']:.0f} "
+          f"MB {met[rd['pss_sum_mb'] < 2048]}; import floor {ri['pss_sum_mb']:.0f} MB + the "
+          f"dataset's own share {share:.0f} MB {met[share < 2048]}")
     if b:
         print(f"  ratios: load {b['load_s'] / w['load_s']:.0f}x faster warm, "
               f"{b['load_s'] / c['load_s']:.1f}x faster cold; peak RSS "

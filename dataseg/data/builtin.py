@@ -21,7 +21,6 @@ from .register import (
     register_instance_dataset,
     register_panoptic_dataset,
     register_semantic_dataset,
-    unregister_dataset,
 )
 
 logger = logging.getLogger(__name__)
@@ -175,20 +174,20 @@ def _pascal_context_459(root: Path):
                      "python datasets/prepare_pascal_context.py)", evaluator_type="sem_seg",
                      **paths)
         return
-    try:
+    try:  # a malformed names file must not break `import dataseg`: checked before registering
         class_names = read_names_file(names_file)
         if len(class_names) != PASCAL_CONTEXT_459_CLASSES:
             raise ValueError(f"{names_file}: expected {PASCAL_CONTEXT_459_CLASSES} class names "
                              f"(one per line), found {len(class_names)}")
-        # 16-bit label PNGs, value = class index, 65535 = no label (prepare_pascal_context.py).
-        register_semantic_dataset(
-            name, ctx / "images" / "validation", ctx / "annotations_ctx459" / "validation",
-            class_names, ignore_label=PASCAL_CONTEXT_459_IGNORE, augmentation="resize_crop",
-            names_file=str(names_file))
-    except ValueError as e:  # a malformed names file must not break `import dataseg`
-        unregister_dataset(name)
+    except ValueError as e:
         _unavailable(name, f"cannot register 459 classes: {e}", error=RuntimeError,
                      evaluator_type="sem_seg", **paths)
+        return
+    # 16-bit label PNGs, value = class index, 65535 = no label (prepare_pascal_context.py).
+    register_semantic_dataset(
+        name, ctx / "images" / "validation", ctx / "annotations_ctx459" / "validation",
+        class_names, ignore_label=PASCAL_CONTEXT_459_IGNORE, augmentation="resize_crop",
+        names_file=str(names_file))
 
 
 BUILTIN_DATASETS = (

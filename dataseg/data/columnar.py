@@ -46,7 +46,13 @@ import numpy as np
 import torch
 
 from ..utils.atomic import atomic_write
-from .loading import DatasetFormatError, load_box_dicts
+from .loading import (
+    DatasetFormatError,
+    coco_box_columns,
+    load_box_dicts,
+    to_contiguous,
+    vocabulary_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -163,16 +169,11 @@ def _decode_array(raw: np.ndarray, typ, json_file: str, what: str, piece_bytes: 
 
 
 def parse_coco_boxes(json_file: str, piece_bytes: int = _PIECE_BYTES) -> Dict[str, np.ndarray]:
-    """Parses a COCO box json into columns, checked as the json path checks them.
-
-    Returns ``image_id`` int64[N], ``height``/``width`` int32[N], ``name_off`` int64[N+1] +
-    ``names`` uint8 (utf-8 file names, concatenated), ``box_off`` int64[N+1] (boxes of image i
-    are rows box_off[i]:box_off[i+1], in json order), ``boxes`` float32[M, 4] XYXY absolute,
-    ``category`` int16/32/64[M] (dataset category ids, the smallest dtype that holds them),
-    ``crowd`` uint8[M], ``n_noncrowd`` int32[N],
-    ``category_ids`` int64 (the distinct category ids present, sorted).
-    Raises DatasetFormatError (like the json path) for duplicate image ids, annotations of
-    unknown images and bad boxes; _FastParseUnsupported for a json the typed schema rejects.
+    """Parses a COCO box json into the columns of :func:`dataseg.data.loading.coco_box_columns`,
+    which checks them exactly as it does for the json path (duplicate image ids, annotations of
+    unknown images, bad boxes: DatasetFormatError with the same message). The category ids are
+    not checked here (the cache serves any vocabulary): the dataset checks them when opened.
+    Raises _FastParseUnsupported for a json the typed schema rejects.
     """
     with open(json_file, "rb") as f:
         data = f.read()
@@ -182,81 +183,33 @@ def parse_coco_boxes(json_file: str, piece_bytes: int = _PIECE_BYTES) -> Dict[st
         raise _FastParseUnsupported(f"{json_file}: {e}") from e
     images = _decode(bytes(top.images), List[_Image], json_file, "images", 0)
     n = len(images)
-    img_id = np.fromiter((im.id for im in images), np.int64, n)
-    height = np.fromiter((im.height for im in images), np.int32, n)
-    width = np.fromiter((im.width for im in images), np.int32, n)
-    names = [im.file_name.encode("utf-8") for im in images]
-    name_off = np.zeros(n + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, names), np.int64, n), out=name_off[1:])
-    names_blob = np.frombuffer(b"".join(names), np.uint8) if names else np.zeros(0, np.uint8)
-    del images, names
+    raw = {"image_id": np.fromiter((im.id for im in images), np.int64, n),
+           "height": np.fromiter((im.height for im in images), np.int32, n),
+           "width": np.fromiter((im.width for im in images), np.int32, n),
+           "file_name": [im.file_name for im in images]}
+    del images
 
-    raw = np.frombuffer(top.annotations, np.uint8)
+    ann_bytes = np.frombuffer(top.annotations, np.uint8)
     del data, top
-    cols: Dict[str, list] = {"image": [], "category": [], "box": [], "crowd": [], "id": []}
-    for _, anns in _decode_array(raw, List[_Box], json_file, "annotations", piece_bytes):
+    cols: Dict[str, list] = {"ann_image": [], "category": [], "bbox": [], "crowd": [],
+                             "ann_id": []}
+    for _, anns in _decode_array(ann_bytes, List[_Box], json_file, "annotations", piece_bytes):
         m = len(anns)
-        cols["image"].append(np.fromiter((a.image_id for a in anns), np.int64, m))
+        cols["ann_image"].append(np.fromiter((a.image_id for a in anns), np.int64, m))
         cols["category"].append(np.fromiter((a.category_id for a in anns), np.int64, m))
-        cols["box"].append(np.fromiter(itertools.chain.from_iterable(a.bbox for a in anns),
-                                       np.float32, 4 * m))
+        cols["bbox"].append(np.fromiter(itertools.chain.from_iterable(a.bbox for a in anns),
+                                        np.float32, 4 * m))
         cols["crowd"].append(np.fromiter((1 if a.iscrowd else 0 for a in anns), np.uint8, m))
-        cols["id"].append(np.fromiter((a.id for a in anns), np.int64, m))
+        cols["ann_id"].append(np.fromiter((a.id for a in anns), np.int64, m))
         del anns
-    del raw
-    ann_image, category, crowd, ann_id = (
-        np.concatenate(cols[k]) if cols[k] else np.zeros(0, d)
-        for k, d in (("image", np.int64), ("category", np.int64), ("crowd", np.uint8),
-                     ("id", np.int64)))
-    boxes = (np.concatenate(cols["box"]) if cols["box"] else np.zeros(0, np.float32))
-    boxes = boxes.reshape(-1, 4)
-    del cols
-
-    order = np.argsort(img_id, kind="stable")
-    sorted_ids = img_id[order]
-    dup = np.diff(sorted_ids) == 0
-    if dup.any():
-        raise DatasetFormatError(f"{json_file}: image id {sorted_ids[1:][dup][0]} appears "
-                                 "twice in 'images'")
-    m = len(ann_image)
-    if m:
-        pos = np.minimum(np.searchsorted(sorted_ids, ann_image), max(n - 1, 0))
-        unknown = (sorted_ids[pos] != ann_image) if n else np.ones(m, bool)
-        if unknown.any():
-            k = int(np.flatnonzero(unknown)[0])
-            raise DatasetFormatError(f"{json_file}: annotation {ann_id[k]} refers to image_id "
-                                     f"{ann_image[k]} which is not in 'images'")
-        ann_img_idx = order[pos]
-        del pos, unknown
-    else:
-        ann_img_idx = np.zeros(0, np.int64)
-    del order, sorted_ids
-    bad = ~np.isfinite(boxes).all(1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise DatasetFormatError(f"{json_file}: image {ann_image[k]}, annotation {ann_id[k]}: "
-                                 f"'bbox' must be 4 finite numbers [x, y, w, h] with w, h >= 0")
-    del bad, ann_id, ann_image
-    boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY in float32, as the json path does
-    counts = np.bincount(ann_img_idx, minlength=n)
-    n_noncrowd = np.bincount(ann_img_idx, weights=(crowd == 0), minlength=n).astype(np.int32)
-    by_img = np.argsort(ann_img_idx, kind="stable")
-    boxes = boxes[by_img]
-    category = category[by_img]
-    crowd = crowd[by_img]
-    del by_img, ann_img_idx
-    box_off = np.zeros(n + 1, np.int64)
-    np.cumsum(counts, out=box_off[1:])
-    # the smallest signed dtype that holds every category id (int16 for Objects365's 1..365)
-    for dt in (np.int16, np.int32):
-        info = np.iinfo(dt)
-        if not len(category) or (category.min() >= info.min and category.max() <= info.max):
-            category = category.astype(dt)
-            break
-    return {"image_id": img_id, "height": height, "width": width, "name_off": name_off,
-            "names": names_blob, "box_off": box_off, "boxes": boxes, "category": category,
-            "crowd": crowd, "n_noncrowd": n_noncrowd,
-            "category_ids": np.unique(category).astype(np.int64)}
+    del ann_bytes
+    for key, dtype in (("ann_image", np.int64), ("category", np.int64), ("bbox", np.float32),
+                       ("crowd", np.uint8), ("ann_id", np.int64)):
+        parts = cols.pop(key)
+        raw[key] = np.concatenate(parts) if parts else np.zeros(0, dtype)
+        del parts
+    raw["bbox"] = raw["bbox"].reshape(-1, 4)
+    return coco_box_columns(json_file, raw)
 
 
 # ---------------------------------------------------------------- the cache file
@@ -445,16 +398,11 @@ class ColumnarBoxDataset(torch.utils.data.Dataset, collections.abc.Sequence):
         self.json_file = json_file
         self._categories = list(categories)
         self._index = index
-        a = cache.arrays
-        self._vocab_ids = np.array([int(c["id"]) for c in self._categories], np.int64)
-        self._vocab_order = np.argsort(self._vocab_ids, kind="stable")
-        sorted_vocab = self._vocab_ids[self._vocab_order]
-        present = a["category_ids"]
-        pos = np.minimum(np.searchsorted(sorted_vocab, present), max(len(sorted_vocab) - 1, 0))
-        missing = present[sorted_vocab[pos] != present] if len(sorted_vocab) else present
+        self._vocab = vocabulary_index(self._categories)
+        present = cache.arrays["category_ids"]
+        missing = present[to_contiguous(present, self._vocab)[1]]
         if len(missing):
             self._raise_unknown_category(int(missing[0]))
-        self._sorted_vocab = sorted_vocab
 
     def _raise_unknown_category(self, cat: int) -> None:
         if self.json_file is not None and os.path.isfile(self.json_file):
@@ -489,7 +437,7 @@ class ColumnarBoxDataset(torch.utils.data.Dataset, collections.abc.Sequence):
         keep = a["crowd"][s:e] == 0
         boxes = a["boxes"][s:e][keep]  # boolean indexing copies: the record owns its arrays
         cats = a["category"][s:e][keep]
-        classes = self._vocab_order[np.searchsorted(self._sorted_vocab, cats)].astype(np.int32)
+        classes = to_contiguous(cats, self._vocab)[0]
         name = a["names"][int(a["name_off"][i]):int(a["name_off"][i + 1])].tobytes()
         return {"file_name": os.path.join(self.image_root, name.decode("utf-8")),
                 "image_id": int(a["image_id"][i]), "height": int(a["height"][i]),

@@ -30,7 +30,7 @@ import contextvars
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.structures import BoxMode
@@ -48,6 +48,11 @@ __all__ = [
     "is_maskless",
     "as_ignore_region",
     "check_coco_bbox",
+    "bad_coco_boxes",
+    "BBOX_RULE",
+    "coco_box_columns",
+    "vocabulary_index",
+    "to_contiguous",
 ]
 
 # Read by the loaders when they run (inside DatasetCatalog.get); set only for the duration of a
@@ -290,15 +295,23 @@ def as_ignore_region(ann: dict) -> dict:
     return ann
 
 
+BBOX_RULE = "'bbox' must be 4 finite numbers [x, y, w, h] with w, h >= 0"
+
+
+def bad_coco_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Mask of the rows of an Mx4 XYWH array that break :data:`BBOX_RULE` (the one rule every
+    loader applies to a COCO ``bbox``)."""
+    return ~np.isfinite(boxes).all(1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+
+
 def check_coco_bbox(bbox, path: str, where: str) -> List[float]:
-    """A COCO ``bbox``: 4 finite numbers [x, y, w, h] with w, h >= 0 (the box loader's rule)."""
+    """One COCO ``bbox`` checked against :data:`BBOX_RULE`; returns it as 4 floats."""
     try:
         box = [float(v) for v in bbox]
     except (TypeError, ValueError):
         box = []
-    if len(box) != 4 or not np.isfinite(box).all() or box[2] < 0 or box[3] < 0:
-        raise DatasetFormatError(f"{path}: {where}: 'bbox' must be 4 finite numbers "
-                                 f"[x, y, w, h] with w, h >= 0, got {bbox!r}")
+    if len(box) != 4 or bad_coco_boxes(np.array([box], np.float64))[0]:
+        raise DatasetFormatError(f"{path}: {where}: {BBOX_RULE}, got {bbox!r}")
     return box
 
 
@@ -368,7 +381,7 @@ class _LeanCocoHook:
         self.ann_image = array.array("q")
         self.ann_cat = array.array("q")
         self.ann_box = array.array("f")
-        self.ann_crowd = array.array("b")
+        self.ann_crowd = array.array("B")
         self.img_id = array.array("q")
         self.img_h = array.array("i")
         self.img_w = array.array("i")
@@ -391,9 +404,117 @@ class _LeanCocoHook:
         return d
 
 
+def vocabulary_index(categories: Sequence[dict]) -> Tuple[np.ndarray, np.ndarray]:
+    """(sorted dataset category ids, their contiguous ids): lookups with :func:`to_contiguous`."""
+    ids = np.array([int(c["id"]) for c in categories], np.int64)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], order.astype(np.int32)
+
+
+def to_contiguous(category: np.ndarray, index: Tuple[np.ndarray, np.ndarray]
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """Contiguous ids (int32) of dataset ``category`` ids, and the mask of ids not in the
+    vocabulary ``index`` (their contiguous id is meaningless)."""
+    sorted_ids, contiguous = index
+    if not len(sorted_ids):
+        return np.zeros(len(category), np.int32), np.ones(len(category), bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, category), len(sorted_ids) - 1)
+    return contiguous[pos], sorted_ids[pos] != category
+
+
+def coco_box_columns(json_file: str, raw: Dict[str, object],
+                     vocabulary: Optional[Tuple[str, Sequence[dict]]] = None
+                     ) -> Dict[str, np.ndarray]:
+    """The one place that checks and groups the records of a COCO box json, for the json path
+    (:func:`load_box_dicts`) and the columnar cache (``columnar.parse_coco_boxes``) alike, so
+    the two cannot disagree on what is bad or how they say it.
+
+    ``raw`` (consumed: its entries are popped, so the caller holds no second copy at
+    Objects365 scale) holds the json's columns in json order: ``image_id`` int64[N],
+    ``height``/``width`` int32[N], ``file_name`` (N str), ``ann_id`` / ``ann_image`` /
+    ``category`` int64[M], ``bbox`` float32[M, 4] XYWH, ``crowd`` uint8[M]. Checked in this
+    order, the first fault raising :class:`DatasetFormatError` naming the json, image and
+    annotation: duplicate image ids, annotations of unknown images, :data:`BBOX_RULE`, and,
+    when ``vocabulary`` = (dataset name, categories) is given, category ids outside it.
+
+    Returns ``image_id``, ``height``, ``width``, ``name_off`` int64[N+1] + ``names`` uint8
+    (utf-8 file names, concatenated), ``box_off`` int64[N+1] (boxes of image i are rows
+    box_off[i]:box_off[i+1], in json order), ``boxes`` float32[M, 4] XYXY absolute,
+    ``category`` int16/32/64[M] (dataset ids, the smallest dtype that holds them), ``crowd``
+    uint8[M], ``n_noncrowd`` int32[N] and ``category_ids`` int64 (distinct ids, sorted).
+    """
+    img_id, height, width = raw.pop("image_id"), raw.pop("height"), raw.pop("width")
+    names = [f.encode("utf-8") for f in raw.pop("file_name")]
+    n = len(img_id)
+    name_off = np.zeros(n + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, names), np.int64, n), out=name_off[1:])
+    names_blob = np.frombuffer(b"".join(names), np.uint8) if names else np.zeros(0, np.uint8)
+    del names
+    ann_id, ann_image = raw.pop("ann_id"), raw.pop("ann_image")
+    category, boxes, crowd = raw.pop("category"), raw.pop("bbox"), raw.pop("crowd")
+
+    order = np.argsort(img_id, kind="stable")
+    sorted_ids = img_id[order]
+    dup = np.diff(sorted_ids) == 0
+    if dup.any():
+        raise DatasetFormatError(f"{json_file}: image id {sorted_ids[1:][dup][0]} appears "
+                                 "twice in 'images'")
+    m = len(ann_image)
+    if m:
+        pos = np.minimum(np.searchsorted(sorted_ids, ann_image), max(n - 1, 0))
+        unknown = (sorted_ids[pos] != ann_image) if n else np.ones(m, bool)
+        if unknown.any():
+            k = int(np.flatnonzero(unknown)[0])
+            raise DatasetFormatError(f"{json_file}: annotation {ann_id[k]} refers to image_id "
+                                     f"{ann_image[k]} which is not in 'images'")
+        ann_img_idx = order[pos]
+        del pos, unknown
+    else:
+        ann_img_idx = np.zeros(0, np.int64)
+    del order, sorted_ids
+    bad = bad_coco_boxes(boxes)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DatasetFormatError(f"{json_file}: image {ann_image[k]}, annotation {ann_id[k]}: "
+                                 f"{BBOX_RULE}")
+    del bad
+    if vocabulary is not None:
+        dataset_name, categories = vocabulary
+        unknown = to_contiguous(category, vocabulary_index(categories))[1]
+        if unknown.any():
+            k = int(np.flatnonzero(unknown)[0])
+            raise DatasetFormatError(
+                f"{json_file}: image {ann_image[k]}, annotation {ann_id[k]}: category_id "
+                f"{category[k]} is not in the registered vocabulary of '{dataset_name}'")
+        del unknown
+    del ann_id, ann_image
+    boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY in float32
+    counts = np.bincount(ann_img_idx, minlength=n)
+    n_noncrowd = np.bincount(ann_img_idx, weights=(crowd == 0), minlength=n).astype(np.int32)
+    by_img = np.argsort(ann_img_idx, kind="stable")
+    del ann_img_idx
+    boxes = boxes[by_img]
+    category = category[by_img]
+    crowd = crowd[by_img]
+    del by_img
+    box_off = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=box_off[1:])
+    # the smallest signed dtype that holds every category id (int16 for Objects365's 1..365)
+    for dt in (np.int16, np.int32):
+        info = np.iinfo(dt)
+        if not len(category) or (category.min() >= info.min and category.max() <= info.max):
+            category = category.astype(dt)
+            break
+    return {"image_id": img_id, "height": height, "width": width, "name_off": name_off,
+            "names": names_blob, "box_off": box_off, "boxes": boxes, "category": category,
+            "crowd": crowd, "n_noncrowd": n_noncrowd,
+            "category_ids": np.unique(category).astype(np.int64)}
+
+
 def load_box_dicts(dataset_name: str, image_root: str, json_file: str,
                    categories: Sequence[dict]) -> List[dict]:
-    """Reads a COCO box json (e.g. Objects365) into memory-lean records (see module doc)."""
+    """Reads a COCO box json (e.g. Objects365) into memory-lean records (see module doc);
+    the records are checked by :func:`coco_box_columns`, as the columnar cache's are."""
     if not os.path.isfile(json_file):
         raise DatasetFormatError(f"json file not found: {json_file}")
     hook = _LeanCocoHook()
@@ -417,53 +538,24 @@ def load_box_dicts(dataset_name: str, image_root: str, json_file: str,
                 _require(ann, key, json_file, where)
     del data, images, anns
 
-    img_id = np.frombuffer(hook.img_id, dtype=np.int64)
-    ann_image = np.frombuffer(hook.ann_image, dtype=np.int64)
-    ann_id = np.frombuffer(hook.ann_id, dtype=np.int64)
-    order = np.argsort(img_id, kind="stable")
-    sorted_ids = img_id[order]
-    if len(sorted_ids) > 1 and (np.diff(sorted_ids) == 0).any():
-        dup = sorted_ids[1:][np.diff(sorted_ids) == 0][0]
-        raise DatasetFormatError(f"{json_file}: image id {dup} appears twice in 'images'")
-    pos = np.searchsorted(sorted_ids, ann_image)
-    pos_c = np.minimum(pos, max(len(sorted_ids) - 1, 0))
-    unknown = (len(sorted_ids) == 0) | (sorted_ids[pos_c] != ann_image) if len(ann_image) else []
-    if np.any(unknown):
-        k = int(np.flatnonzero(unknown)[0])
-        raise DatasetFormatError(f"{json_file}: annotation {ann_id[k]} refers to image_id "
-                                 f"{ann_image[k]} which is not in 'images'")
-    ann_img_idx = order[pos_c] if len(ann_image) else np.zeros(0, np.int64)
-
-    vocab_ids = np.array(sorted(_category_map(categories)), dtype=np.int64)
-    vocab_contig = np.array([_category_map(categories)[i] for i in vocab_ids], dtype=np.int32)
-    ann_cat = np.frombuffer(hook.ann_cat, dtype=np.int64)
-    cpos = np.minimum(np.searchsorted(vocab_ids, ann_cat), len(vocab_ids) - 1)
-    bad_cat = vocab_ids[cpos] != ann_cat
-    if bad_cat.any():
-        k = int(np.flatnonzero(bad_cat)[0])
-        raise DatasetFormatError(
-            f"{json_file}: image {ann_image[k]}, annotation {ann_id[k]}: category_id "
-            f"{ann_cat[k]} is not in the registered vocabulary of '{dataset_name}'")
-    boxes = np.frombuffer(hook.ann_box, dtype=np.float32).reshape(-1, 4)
-    bad_box = ~np.isfinite(boxes).all(1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
-    if bad_box.any():
-        k = int(np.flatnonzero(bad_box)[0])
-        raise DatasetFormatError(f"{json_file}: image {ann_image[k]}, annotation {ann_id[k]}: "
-                                 f"'bbox' must be 4 finite numbers [x, y, w, h] with w, h >= 0")
-    keep = np.frombuffer(hook.ann_crowd, dtype=np.int8) == 0
-    boxes = boxes[keep].copy()
-    boxes[:, 2:] += boxes[:, :2]
-    classes = vocab_contig[cpos[keep]]
-    ann_img_idx = ann_img_idx[keep]
-    by_img = np.argsort(ann_img_idx, kind="stable")
-    boxes, classes = boxes[by_img], classes[by_img]
-    counts = np.bincount(ann_img_idx, minlength=len(img_id))
-    ends = np.cumsum(counts)
-    heights = np.frombuffer(hook.img_h, dtype=np.int32)
-    widths = np.frombuffer(hook.img_w, dtype=np.int32)
+    file_names = hook.img_file
+    cols = coco_box_columns(json_file, {
+        "image_id": np.frombuffer(hook.img_id, np.int64),
+        "height": np.frombuffer(hook.img_h, np.int32),
+        "width": np.frombuffer(hook.img_w, np.int32), "file_name": file_names,
+        "ann_id": np.frombuffer(hook.ann_id, np.int64),
+        "ann_image": np.frombuffer(hook.ann_image, np.int64),
+        "category": np.frombuffer(hook.ann_cat, np.int64),
+        "bbox": np.frombuffer(hook.ann_box, np.float32).reshape(-1, 4).copy(),
+        "crowd": np.frombuffer(hook.ann_crowd, np.uint8)}, (dataset_name, categories))
+    keep = cols["crowd"] == 0  # crowd boxes are dropped at load time
+    boxes = cols["boxes"][keep]
+    classes = to_contiguous(cols["category"][keep], vocabulary_index(categories))[0]
+    ends = np.cumsum(cols["n_noncrowd"])
+    img_id, heights, widths = cols["image_id"], cols["height"], cols["width"]
     records = []
-    for i, fn in enumerate(hook.img_file):
-        s, e = int(ends[i] - counts[i]), int(ends[i])
+    for i, fn in enumerate(file_names):
+        s, e = int(ends[i] - cols["n_noncrowd"][i]), int(ends[i])
         records.append({"file_name": os.path.join(image_root, fn), "image_id": int(img_id[i]),
                         "height": int(heights[i]), "width": int(widths[i]),
                         "boxes": boxes[s:e], "box_classes": classes[s:e],

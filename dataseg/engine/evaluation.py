@@ -5,13 +5,16 @@ both from the ``dataset_name`` of every input, so nothing here switches the mode
 all test sets are gathered into one summary table (printed, and written to
 ``eval_summary.json`` / ``eval_summary.md`` atomically).
 """
+import itertools
 import json
 import logging
 import math
 import os
+import tempfile
 from collections import OrderedDict
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     COCOEvaluator,
     COCOPanopticEvaluator,
@@ -21,12 +24,12 @@ from detectron2.evaluation import (
 from detectron2.utils import comm
 
 from dataseg.data.dataset_info import get_dataset_info
-from dataseg.data.loading import as_ignore_region, is_maskless
+from dataseg.data.loading import as_ignore_region, is_maskless, skip_bad_records
 from dataseg.utils.atomic import atomic_write_bytes
 
-__all__ = ["EVALUATOR_TABLE", "IgnoreRegionCOCOEvaluator", "build_evaluator",
-           "summarize_results", "format_summary", "detectron2_has_compiled_ops",
-           "HEADLINE_METRICS"]
+__all__ = ["EVALUATOR_TABLE", "IgnoreRegionCOCOEvaluator", "LoadedImagesPanopticEvaluator",
+           "build_evaluator", "summarize_results", "missing_metrics", "format_summary",
+           "write_summary", "detectron2_has_compiled_ops", "HEADLINE_METRICS"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +47,77 @@ def _sem_seg(name, output_dir, distributed):
     return SemSegEvaluator(name, distributed=distributed, output_dir=output_dir)
 
 
+class _WithPanopticJson:
+    """A dataset's metadata with another ``panoptic_json`` (everything else read through)."""
+
+    def __init__(self, metadata, panoptic_json: str):
+        self._base, self.panoptic_json = metadata, panoptic_json
+
+    def __getattr__(self, key):
+        return getattr(self._base, key)
+
+
+class LoadedImagesPanopticEvaluator(COCOPanopticEvaluator):
+    """COCOPanopticEvaluator that, when bad records are skipped (``skip_bad_records``, from
+    cfg.DATASETS.SKIP_BAD_RECORDS), scores the images that loaded and says how many did not.
+
+    panopticapi's ``pq_compute`` stops at the first ground-truth image without a prediction,
+    which is what a record skipped by the loader or the mapper leaves. Here the images that
+    reached ``process`` are gathered, the ground-truth json is cut down to them (a temporary
+    file), one warning gives the count, and the results get a group ``"images"``:
+    ``{"evaluated", "skipped", "total"}``. Without skipping it is Detectron2's evaluator as is.
+    """
+
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None,
+                 skip_bad_records: bool = False):
+        super().__init__(dataset_name, output_dir=output_dir)
+        self.dataset_name, self.skip_bad_records = dataset_name, bool(skip_bad_records)
+        self._image_ids: List = []
+
+    def reset(self):
+        super().reset()
+        self._image_ids = []
+
+    def process(self, inputs, outputs):
+        self._image_ids.extend(inp["image_id"] for inp in inputs)
+        super().process(inputs, outputs)
+
+    def evaluate(self):
+        if not self.skip_bad_records:
+            return super().evaluate()
+        seen = set(itertools.chain(*comm.gather(self._image_ids)))  # empty off the main rank
+        if not comm.is_main_process():
+            return super().evaluate()  # hands this rank's predictions to the main one
+        metadata = MetadataCatalog.get(self.dataset_name)
+        with open(metadata.panoptic_json) as f:
+            gt = json.load(f)
+        total = len(gt["annotations"])
+        gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in seen]
+        images = {"evaluated": len(gt["annotations"]), "skipped": total - len(gt["annotations"]),
+                  "total": total}
+        if not images["skipped"]:
+            return OrderedDict(super().evaluate(), images=images)
+        logger.warning("dataset '%s': panoptic evaluation over %d of %d images, %d skipped as "
+                       "bad records (see the warnings above)", self.dataset_name,
+                       images["evaluated"], total, images["skipped"])
+        gt["images"] = [im for im in gt.get("images", []) if im["id"] in seen]
+        # Detectron2 takes the ground-truth json from the evaluator's metadata and offers no
+        # argument for it: a view of that metadata with the cut-down json stands in for the call.
+        with tempfile.TemporaryDirectory(prefix="dataseg_panoptic_gt") as tmp:
+            path = os.path.join(tmp, os.path.basename(metadata.panoptic_json))
+            with open(path, "w") as f:
+                json.dump(gt, f)
+            self._metadata = _WithPanopticJson(metadata, path)
+            try:
+                results = super().evaluate()
+            finally:
+                self._metadata = metadata
+        return OrderedDict(results, images=images)
+
+
 def _panoptic(name, output_dir, distributed):
-    return COCOPanopticEvaluator(name, output_dir=output_dir)
+    return LoadedImagesPanopticEvaluator(name, output_dir=output_dir,
+                                         skip_bad_records=skip_bad_records())
 
 
 class IgnoreRegionCOCOEvaluator(COCOEvaluator):
@@ -107,37 +179,65 @@ def build_evaluator(dataset_name, output_dir=None, distributed=True) -> DatasetE
 
 
 def summarize_results(results: Dict[str, Dict]) -> List[Dict]:
-    """Rows (dataset, task, metric, value) of the headline metrics of each evaluated dataset."""
+    """Rows (dataset, task, metric, value) of the headline metrics each evaluated dataset
+    reported, in the order of ``results`` and of ``HEADLINE_METRICS``."""
     rows = []
     for dataset_name, res in results.items():
         info = get_dataset_info(dataset_name)
         for group, metric in HEADLINE_METRICS.get(info.evaluator_type, []):
-            if group in res and metric in res[group]:
+            if group in (res or {}) and metric in res[group]:
                 rows.append({"dataset": dataset_name, "task": info.task,
                              "metric": f"{group}/{metric}", "value": float(res[group][metric])})
     return rows
 
 
-def format_summary(rows: List[Dict]) -> str:
+def missing_metrics(results: Dict[str, Dict]) -> List[Dict]:
+    """The headline metrics an evaluator did not report (e.g. COCOEvaluator's ``{}`` when a
+    set got no predictions): rows (dataset, task, metric) without a value."""
+    return [{"dataset": name, "task": get_dataset_info(name).task, "metric": f"{g}/{m}"}
+            for name, res in results.items()
+            for g, m in HEADLINE_METRICS.get(get_dataset_info(name).evaluator_type, [])
+            if not (g in (res or {}) and m in res[g])]
+
+
+def _skipped_images(results: Dict[str, Dict]) -> List[str]:
+    return [f"{name}: evaluated {im['evaluated']} of {im['total']} images ({im['skipped']} "
+            "skipped as bad records)"
+            for name, res in results.items()
+            for im in [(res or {}).get("images") or {}] if im.get("skipped")]
+
+
+def format_summary(rows: List[Dict], missing: Sequence[Dict] = (),
+                   notes: Sequence[str] = ()) -> str:
+    """The markdown table of ``rows`` (values with 2 decimals, ``nan`` for NaN), then one
+    ``not reported`` row per ``missing`` metric, then the ``notes`` as lines."""
     lines = ["| dataset | task | metric | value |", "|---|---|---|---|"]
     for r in rows:
         value = "nan" if math.isnan(r["value"]) else f"{r['value']:.2f}"
         lines.append(f"| {r['dataset']} | {r['task']} | {r['metric']} | {value} |")
+    for r in missing:
+        lines.append(f"| {r['dataset']} | {r['task']} | {r['metric']} | not reported |")
+    if notes:
+        lines += [""] + list(notes)
     return "\n".join(lines)
 
 
 def write_summary(results: Dict[str, Dict], output_dir: str) -> List[Dict]:
-    """Prints the summary table and writes it to output_dir (main process only)."""
+    """Prints the summary table and writes ``eval_summary.json`` (``rows``, ``missing``,
+    ``results``: every group each evaluator returned) and ``eval_summary.md`` (the table) to
+    output_dir, atomically (main process only). Returns the rows."""
     rows = summarize_results(results)
     if not comm.is_main_process():
         return rows
-    table = format_summary(rows)
+    missing = missing_metrics(results)
+    table = format_summary(rows, missing, _skipped_images(results))
     logger.info("Evaluation summary:\n%s", table)
     if not logging.getLogger("dataseg").handlers:  # no log set up (train_net.py sets one up)
         print("\nEvaluation summary\n" + table, flush=True)
     if output_dir:
-        full = OrderedDict((k, {g: dict(v) for g, v in r.items()}) for k, r in results.items())
-        atomic_write_bytes(os.path.join(output_dir, "eval_summary.json"),
-                           json.dumps({"rows": rows, "results": full}, indent=2).encode())
+        full = OrderedDict((k, {g: dict(v) for g, v in (r or {}).items()})
+                           for k, r in results.items())
+        atomic_write_bytes(os.path.join(output_dir, "eval_summary.json"), json.dumps(
+            {"rows": rows, "missing": missing, "results": full}, indent=2).encode())
         atomic_write_bytes(os.path.join(output_dir, "eval_summary.md"), (table + "\n").encode())
     return rows

@@ -25,7 +25,7 @@ from dataseg.data.columnar import (
     open_box_cache,
     parse_coco_boxes,
 )
-from dataseg.data.loading import load_box_dicts
+from dataseg.data.loading import load_box_dicts, skipping_bad_records
 from dataseg.data.register import register_box_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,6 +244,43 @@ def test_bad_records_raise_like_the_json_path(tmp_path):
         load_box_dataset("d", "/i", path, CATS)
     with pytest.raises(columnar.DatasetFormatError, match="vocabulary"):
         load_box_dataset("v", "/i", _write(tmp_path / "ok.json", _awkward_json()), CATS[:2])
+
+
+def _break(kind: str) -> dict:
+    data = _awkward_json()
+    anns, images = data["annotations"], data["images"]
+    if kind == "negative_w":
+        anns[3]["bbox"] = [0, 0, -1, 2]
+    elif kind == "short_bbox":  # the fast parser rejects it: the json path reports it
+        anns[1]["bbox"] = [0, 0, 1]
+    elif kind == "duplicate_image":
+        images[1]["id"] = 3
+    elif kind == "unknown_image":
+        anns[5]["image_id"] = 55
+    elif kind == "unknown_category":
+        anns[6]["category_id"] = 99
+    elif kind == "category_and_bbox":  # two faults: both paths must name the same first one
+        anns[0]["category_id"] = 99
+        anns[6]["bbox"] = [1, 1, 2, -3]
+    return data
+
+
+@pytest.mark.parametrize("kind", ["negative_w", "short_bbox", "duplicate_image",
+                                  "unknown_image", "unknown_category", "category_and_bbox"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_json_path_and_cache_reject_a_bad_record_with_one_message(tmp_path, kind, skip):
+    # one function (loading.coco_box_columns) owns the record checks of both paths, so the
+    # json path and the cache path name the same record with the same words; skipping bad
+    # records (missing files) does not hide a malformed annotation in either
+    path = _write(tmp_path / f"{kind}.json", _break(kind))
+    with skipping_bad_records(skip):
+        with pytest.raises(columnar.DatasetFormatError) as by_json:
+            load_box_dicts("b", "/i", path, CATS)
+        with pytest.raises(columnar.DatasetFormatError) as by_cache:
+            load_box_dataset("b", "/i", path, CATS)
+    assert str(by_cache.value) == str(by_json.value)
+    assert path in str(by_json.value)
+    assert not cache_path_for(path).exists() or kind.endswith("category")
 
 
 def test_loaders_take_the_lazy_dataset_without_serializing(cfg, tmp_path, names, monkeypatch):

@@ -27,6 +27,7 @@ from dataseg.data.register import (
     register_instance_dataset,
     register_panoptic_dataset,
     register_semantic_dataset,
+    unregister_dataset,
 )
 
 
@@ -58,6 +59,18 @@ def test_registration_is_lazy_and_names_unique(tmp_path, names):
     assert MetadataCatalog.get("t_lazy").thing_classes == ["b"]
     with pytest.raises(DatasetFormatError, match="x.json"):
         DatasetCatalog.get("t_lazy")
+
+
+def test_unregister_dataset_is_public_api(tmp_path, names):
+    # users re-registering a name of their own: unregister_dataset removes both catalog entries
+    # (absent names are no error), after which the name registers again without replace=True
+    names.append("t_unreg")
+    register_box_dataset("t_unreg", tmp_path, tmp_path / "x.json", [{"id": 1, "name": "a"}])
+    unregister_dataset("t_unreg")
+    assert "t_unreg" not in DatasetCatalog.list() and "t_unreg" not in MetadataCatalog.list()
+    unregister_dataset("t_unreg")  # no error when absent
+    register_box_dataset("t_unreg", tmp_path, tmp_path / "y.json", [{"id": 2, "name": "b"}])
+    assert MetadataCatalog.get("t_unreg").json_file == str(tmp_path / "y.json")
 
 
 def test_panoptic_records_and_metadata(tmp_path, names):

@@ -246,6 +246,34 @@ def test_registration_loads_through_detectron2(tmp_path):
         register_synthetic_world()  # back to the defaults (writes nothing)
 
 
+def test_registration_goes_through_the_core_once(tmp_path, monkeypatch):
+    """Each synth_* name is registered once, by register.py's core, with "generate if missing"
+    as its before_load hook: no catalog entry is removed and re-registered around a wrapper."""
+    params = tiny(tmp_path / "root")
+    for name in DATASETS:  # start from an empty catalog for these names
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    calls = []
+    real_register = DatasetCatalog.register
+    monkeypatch.setattr(DatasetCatalog, "remove", lambda n: calls.append(("remove", n)))
+    monkeypatch.setattr(DatasetCatalog, "register",
+                        lambda n, f: (calls.append(("register", n)), real_register(n, f)))
+    try:
+        register_synthetic_world(params)
+        assert calls == [("register", n) for n in DATASETS]
+        monkeypatch.undo()
+        assert not (tmp_path / "root").exists()
+        records = DatasetCatalog.get("synth_box_train")  # the hook generates the world once
+        assert len(records) == params.num_box_train
+        summary = params.world_dir() / "summary.json"
+        stamp = summary.stat().st_mtime_ns
+        assert len(DatasetCatalog.get("synth_pan_val")) == params.num_val
+        assert summary.stat().st_mtime_ns == stamp, "generated again"
+    finally:
+        monkeypatch.undo()
+        register_synthetic_world()
+
+
 def test_nothing_written_at_import_or_registration(tmp_path):
     code = ("import dataseg, dataseg.data.synthetic as s; s.register_synthetic_world(); "
             "from detectron2.data import MetadataCatalog; "

@@ -12,7 +12,7 @@ from torch import nn
 import dataseg.modeling  # noqa: F401  (registers DaTaSeg and the backbones)
 from dataseg.config import add_dataseg_config
 from dataseg.engine import build_cfg
-from dataseg.engine.optimizer import build_optimizer, vit_lr_decay_rate
+from dataseg.engine.optimizer import build_optimizer, param_groups, vit_lr_decay_rate
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "quickstart_vitdet_tiny.yaml")
@@ -77,6 +77,58 @@ def test_layer_decay_off_and_on_a_resnet():
                      "MODEL.EFFICIENTNET.PRETRAINED", False])
     with pytest.raises(ValueError, match="LAYER_DECAY=0.7 needs a ViT backbone"):
         _groups(cfg)
+
+
+class _Blocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4))  # raw parameter: an embedding
+        self.blocks = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+        self.norm = nn.LayerNorm(4)
+
+
+class _Toy(nn.Module):
+    """A backbone (embeddings, 2 blocks, a norm), a head with a shared and a frozen weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = _Blocks()
+        self.head = nn.Linear(4, 2)
+        self.tied = self.head  # the same module twice: its parameters appear once
+        self.query_embed = nn.Embedding(3, 4)
+        self.frozen = nn.Linear(4, 4)
+        self.frozen.requires_grad_(False)
+
+
+def test_param_groups_by_hand():
+    # fast unit test of param_groups alone: one group per trainable parameter, shared ones
+    # once, frozen ones left out; lr = base x backbone multiplier x 0.5^(3 - layer) in the
+    # backbone (pos_embed layer 0, blocks.i layer i + 1); weight decay by kind of parameter
+    groups = param_groups(_Toy(), base_lr=1.0, weight_decay=0.1, weight_decay_norm=0.01,
+                          weight_decay_embed=0.02, backbone_multiplier=0.2, layer_decay=0.5,
+                          num_layers=2, weight_decay_bias=0.03)
+    got = {g["name"]: (g["lr"], g["weight_decay"], len(g["params"])) for g in groups}
+    want = {
+        "backbone.pos_embed": (0.2 * 0.5 ** 3, 0.02, 1),
+        "backbone.blocks.0.weight": (0.2 * 0.5 ** 2, 0.1, 1),
+        "backbone.blocks.0.bias": (0.2 * 0.5 ** 2, 0.03, 1),
+        "backbone.blocks.1.weight": (0.2 * 0.5, 0.1, 1),
+        "backbone.blocks.1.bias": (0.2 * 0.5, 0.03, 1),
+        "backbone.norm.weight": (0.2, 0.01, 1),  # not a block: layer num_layers + 1
+        "backbone.norm.bias": (0.2, 0.01, 1),  # norms' biases take the norm's decay
+        "head.weight": (1.0, 0.1, 1),
+        "head.bias": (1.0, 0.03, 1),
+        "query_embed.weight": (1.0, 0.02, 1),
+    }
+    assert got.keys() == want.keys()
+    for name, (lr, wd, n) in want.items():
+        assert got[name] == (pytest.approx(lr), wd, n), name
+    # no layer decay and no bias decay: biases take WEIGHT_DECAY, the backbone the multiplier
+    plain = {g["name"]: (g["lr"], g["weight_decay"]) for g in param_groups(
+        _Toy(), base_lr=2.0, weight_decay=0.1, weight_decay_norm=0.0, weight_decay_embed=0.0,
+        backbone_multiplier=0.5)}
+    assert plain["backbone.blocks.0.bias"] == (1.0, 0.1)
+    assert plain["backbone.pos_embed"] == (1.0, 0.0) and plain["head.bias"] == (2.0, 0.1)
 
 
 def _model():

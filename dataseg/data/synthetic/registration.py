@@ -1,12 +1,12 @@
 """Registers the synth_* datasets through dataseg.data.register, like any user dataset.
 
 Registration writes nothing: the paths point to where the world for these parameters will be,
-and each DatasetCatalog loader first calls ``ensure_generated`` so the world is generated on
-first use. Calling again (e.g. with a cfg's values) replaces the previous registrations.
+and each dataset is registered once, through register.py's core, with ``ensure_generated`` as its
+``before_load`` hook, so the world is generated on first use (once: ``ensure_generated`` publishes
+it atomically and returns at once when it exists). Calling again (e.g. with a cfg's values)
+replaces the previous registrations (``replace=True``).
 """
 from typing import Dict
-
-from detectron2.data import DatasetCatalog
 
 from ..register import (
     register_box_dataset,
@@ -32,22 +32,23 @@ DATASETS: Dict[str, tuple] = {
 }
 
 
-class _GenerateThenLoad:
-    """DatasetCatalog loader: generates the world if missing, then runs register.py's loader."""
+class _GenerateIfMissing:
+    """``before_load`` hook of every synth_* dataset: generates the world for ``params`` if it
+    is not on disk yet (a plain object, so it pickles into subprocesses with the params)."""
 
-    def __init__(self, params: SyntheticWorldParams, loader):
-        self.params, self.loader = params, loader
+    def __init__(self, params: SyntheticWorldParams):
+        self.params = params
 
-    def __call__(self):
+    def __call__(self) -> None:
         ensure_generated(self.params)
-        return self.loader()
 
 
 def _register(name: str, split: str, how: str, params: SyntheticWorldParams) -> None:
     spec = next(s for s in SPLITS if s.split == split)
     paths = split_paths(params.world_dir(), spec)
     vocab = vocabulary(spec.domain)
-    extra = {"synthetic_world": params.fingerprint(), "replace": True}
+    extra = {"synthetic_world": params.fingerprint(), "replace": True,
+             "before_load": _GenerateIfMissing(params)}
     if how == "semantic":
         register_semantic_dataset(name, paths.image_root, paths.sem_seg_root, list(vocab.names),
                                   is_thing=list(vocab.is_thing), **extra)
@@ -64,9 +65,6 @@ def _register(name: str, split: str, how: str, params: SyntheticWorldParams) -> 
                              vocabulary(spec.domain, things_only=True).categories(), **extra)
     else:  # pragma: no cover - DATASETS is fixed above
         raise ValueError(how)
-    loader = DatasetCatalog[name]
-    DatasetCatalog.remove(name)
-    DatasetCatalog.register(name, _GenerateThenLoad(params, loader))
 
 
 def register_synthetic_world(params=None) -> SyntheticWorldParams:
