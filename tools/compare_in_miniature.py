@@ -297,7 +297,8 @@ def record_run(spec: RunSpec, out_dir: Path, run_file: Path, wall_s: Optional[fl
     """Writes the run file. Commits are those checked out when the train_net.py process that
     trained / evaluated started (it imports the code then)."""
     summary = json.loads((out_dir / "eval_summary.json").read_text())
-    metrics = {f"{r['dataset']}|{r['metric']}": r["value"] for r in summary["rows"]}
+    metrics = {f"{r['dataset']}|{r['metric']}": float("nan") if r["value"] is None else r["value"]
+               for r in summary["rows"]}  # eval_summary.json writes NaN as null
     record = {
         "run_id": spec.run_id(), "table": spec.row.table, "row": spec.row.name,
         "combo": spec.row.combo, "world": spec.row.world, "seed": spec.seed,

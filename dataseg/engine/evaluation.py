@@ -222,10 +222,22 @@ def format_summary(rows: List[Dict], missing: Sequence[Dict] = (),
     return "\n".join(lines)
 
 
+def _nan_to_none(obj):
+    """NaN and infinities become ``None`` (``null``): strict JSON readers reject ``NaN``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return type(obj)((k, _nan_to_none(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
 def write_summary(results: Dict[str, Dict], output_dir: str) -> List[Dict]:
     """Prints the summary table and writes ``eval_summary.json`` (``rows``, ``missing``,
-    ``results``: every group each evaluator returned) and ``eval_summary.md`` (the table) to
-    output_dir, atomically (main process only). Returns the rows."""
+    ``results``: every group each evaluator returned; strict JSON, NaN written as ``null``)
+    and ``eval_summary.md`` (the table) to output_dir, atomically (main process only).
+    Returns the rows."""
     rows = summarize_results(results)
     if not comm.is_main_process():
         return rows
@@ -237,7 +249,8 @@ def write_summary(results: Dict[str, Dict], output_dir: str) -> List[Dict]:
     if output_dir:
         full = OrderedDict((k, {g: dict(v) for g, v in (r or {}).items()})
                            for k, r in results.items())
+        summary = _nan_to_none({"rows": rows, "missing": missing, "results": full})
         atomic_write_bytes(os.path.join(output_dir, "eval_summary.json"), json.dumps(
-            {"rows": rows, "missing": missing, "results": full}, indent=2).encode())
+            summary, indent=2, allow_nan=False).encode())
         atomic_write_bytes(os.path.join(output_dir, "eval_summary.md"), (table + "\n").encode())
     return rows

@@ -5,6 +5,8 @@ import json
 import math
 from collections import OrderedDict
 
+import pytest
+
 import dataseg  # noqa: F401  (registers the synth_* datasets the results are keyed by)
 from dataseg.engine.evaluation import (
     format_summary,
@@ -81,10 +83,11 @@ def test_write_summary_files(tmp_path):
     _same_rows(rows, ROWS)
     assert (tmp_path / "eval_summary.md").read_text() == TABLE + "\n"
     text = (tmp_path / "eval_summary.json").read_text()
-    assert '"value": NaN' in text  # Python's json writes NaN; json.loads reads it back
-    summary = json.loads(text)
+    assert "NaN" not in text and '"value": null' in text  # strict JSON: NaN written as null
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
     assert list(summary) == ["rows", "missing", "results"]
-    _same_rows(summary["rows"], ROWS)
+    _same_rows([dict(r, value=NAN if r["value"] is None else r["value"])
+                for r in summary["rows"]], ROWS)
     assert summary["missing"] == MISSING
     results = summary["results"]
     assert list(results) == list(_results())  # every dataset, in order, all groups kept
