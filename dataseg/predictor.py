@@ -42,6 +42,7 @@ from detectron2.modeling import build_model
 from dataseg.contract import TASKS
 from dataseg.data.dataset_info import get_dataset_info, visualizer_fields
 from dataseg.engine.checkpoint import AtomicCheckpointer
+from dataseg.modeling.dataset_specific import serve_with
 from dataseg.modeling.meta_arch import default_vocabulary_from_cfg
 from dataseg.text import embed_vocabulary, text_encoder_kwargs_from_cfg
 
@@ -187,6 +188,9 @@ class DaTaSegPredictor:
         task: "semantic", "panoptic", "instance" or "box" (box returns instances); default
             MODEL.DATASEG.TEST.TASK, else the dataset's task, else "panoptic" for a vocabulary.
         model: an already built DaTaSeg model to reuse (weights are not reloaded).
+        modules_from: for a model with dataset-specific (Table 5) modules
+            (MODEL.DATASEG.DATASET_SPECIFIC): the dataset whose copies serve a vocabulary
+            the model does not know (required then; ignored for a shared model).
 
     Attributes: ``model``, ``metadata`` (Detectron2 Metadata for Visualizer and the output
     writers), ``vocabulary`` (Vocabulary), ``task``, ``vocabulary_name`` (the name the model
@@ -194,8 +198,10 @@ class DaTaSegPredictor:
     """
 
     def __init__(self, cfg, vocabulary=None, stuff: Optional[Sequence[str]] = None,
-                 task: Optional[str] = None, dataset: Optional[str] = None, model=None):
+                 task: Optional[str] = None, dataset: Optional[str] = None, model=None,
+                 modules_from: Optional[str] = None):
         self.cfg = cfg.clone()
+        self.modules_from = modules_from
         self.cfg.freeze()
         # validate the vocabulary before the (slow) model build
         if vocabulary is not None:
@@ -241,6 +247,7 @@ class DaTaSegPredictor:
         task = self._pick_task(task, "panoptic")
         emb = embed_vocabulary(vocab.class_synonyms, **self._text_kwargs)
         name = f"dataseg_predictor_{vocab.key()}"
+        serve_with(self.model, name, self.modules_from, "modules_from= (demo: --modules-from)")
         self.model.set_vocabulary(name, emb, vocab.is_thing, task=task)
         self.vocabulary, self.vocabulary_name, self.task = vocab, name, task
         self.metadata = vocabulary_metadata(vocab, name)
@@ -251,6 +258,9 @@ class DaTaSegPredictor:
         self.vocabulary = Vocabulary(info.class_synonyms, info.is_thing)
         self.task = self._pick_task(task, info.task)
         self.vocabulary_name = name
+        if self.modules_from is not None:
+            serve_with(self.model, name, self.modules_from,
+                       "modules_from= (demo: --modules-from)")
         self.model.vocabulary.get(name)  # embeds now, so errors surface here
         meta = MetadataCatalog.get(name).as_dict()
         meta.update(visualizer_fields(info.class_names), name=name,
@@ -322,7 +332,7 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
 
 def predictor_from_args(cfg, vocab: Optional[str] = None, vocab_file: Optional[str] = None,
                         dataset: Optional[str] = None, task: Optional[str] = None,
-                        model=None) -> DaTaSegPredictor:
+                        model=None, modules_from: Optional[str] = None) -> DaTaSegPredictor:
     """The vocabulary options of demo/demo.py and tools/export_model.py: at most one of
     ``vocab`` (text), ``vocab_file`` (path) and ``dataset`` (registered name); none = the
     config's default vocabulary. Raises VocabularyError / KeyError with a one-line message."""
@@ -331,8 +341,10 @@ def predictor_from_args(cfg, vocab: Optional[str] = None, vocab_file: Optional[s
     if len(given) > 1:
         raise VocabularyError(f"give only one of {', '.join(given)}")
     if vocab is not None:
-        return DaTaSegPredictor(cfg, vocabulary=parse_vocabulary(vocab), task=task, model=model)
+        return DaTaSegPredictor(cfg, vocabulary=parse_vocabulary(vocab), task=task, model=model,
+                                modules_from=modules_from)
     if vocab_file is not None:
         return DaTaSegPredictor(cfg, vocabulary=load_vocabulary_file(vocab_file), task=task,
-                                model=model)
-    return DaTaSegPredictor(cfg, dataset=dataset, task=task, model=model)
+                                model=model, modules_from=modules_from)
+    return DaTaSegPredictor(cfg, dataset=dataset, task=task, model=model,
+                            modules_from=modules_from)

@@ -65,6 +65,9 @@ def get_parser():
     vocab.add_argument("--vocab", help='classes, e.g. "cat, sofa|couch, grass:stuff"')
     vocab.add_argument("--vocab-file", help="one class a line, synonyms '|', ':stuff' marks")
     vocab.add_argument("--dataset", help="a registered dataset's vocabulary")
+    vocab.add_argument("--modules-from", metavar="DATASET",
+                       help="a model with dataset-specific (Table 5) modules: the dataset whose "
+                       "copies serve --vocab/--vocab-file (required there)")
     p.add_argument("--task", choices=TASKS,
                    help="default: MODEL.DATASEG.TEST.TASK, the dataset's task, or panoptic")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
     try:
         cfg = build_cfg(args.config_file, args.opts)
         predictor = predictor_from_args(cfg, args.vocab, args.vocab_file, args.dataset,
-                                        args.task)
+                                        args.task, modules_from=args.modules_from)
     except (ConfigError, VocabularyError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"demo.py: {msg}", file=sys.stderr)

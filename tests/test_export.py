@@ -138,3 +138,37 @@ def test_export_tool_on_dataset_specific_model_with_dataset(ds_predictor, tmp_pa
     assert rc == 0, out
     assert "modules of synth_pan_val" in out and "onnxruntime vs eager" in out
     assert (tmp_path / "o" / "model.onnx").is_file()
+
+
+def test_run_time_vocabulary_on_dataset_specific_model_needs_modules_from(ds_predictor):
+    """A typed vocabulary is known to no dataset-specific copy: without modules_from it is one
+    clear error naming the option; with it, the outputs are those of that dataset's copies."""
+    _, cfg, p = ds_predictor
+    image = _images(1)[0]
+    with pytest.raises(ValueError) as e:
+        DaTaSegPredictor(cfg, vocabulary="circle, square, grass:stuff", model=p.model)
+    assert "\n" not in str(e.value) and "modules_from" in str(e.value)
+    assert all(d in str(e.value) for d in DATASETS)
+    with pytest.raises(ValueError, match="synth_sem_val"):
+        DaTaSegPredictor(cfg, vocabulary="circle, square", model=p.model,
+                         modules_from="synth_sem_val")
+    outs = {}
+    for owner in ("synth_pan_train", "synth_sem_train"):
+        q = DaTaSegPredictor(cfg, vocabulary="circle, square, grass:stuff", model=p.model,
+                             modules_from=owner, task="semantic")
+        outs[owner] = q(image)["sem_seg"]
+        x = q.preprocess(image)
+        emb = q.model.vocabulary.get(q.vocabulary_name)[0]
+        with torch.no_grad():
+            a = q.model.network(q.model.preprocess([x]).tensor, emb,
+                                dataset=q.vocabulary_name)[0]
+            b = q.model.network(q.model.preprocess([x]).tensor, emb, dataset=owner)[0]
+        assert torch.equal(a, b)  # the typed vocabulary runs on exactly the owner's copies
+    assert (outs["synth_pan_train"] - outs["synth_sem_train"]).abs().max() > 1e-3
+    # the demo's option reaches the predictor
+    spec = importlib.util.spec_from_file_location("dataseg_demo", REPO / "demo" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    args = demo.get_parser().parse_args(["--input", "x.png", "--vocab", "circle",
+                                         "--modules-from", "synth_pan_train"])
+    assert args.modules_from == "synth_pan_train"

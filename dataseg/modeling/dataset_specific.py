@@ -62,6 +62,13 @@ class DatasetIndex:
                              f"the model's datasets: {listed}")
         return self.owner(name)
 
+    def serve(self, name: str, owner: str) -> None:
+        """Lets ``name`` (e.g. a vocabulary chosen at run time) use ``owner``'s copies."""
+        if owner not in self.owners:
+            raise ValueError(f"'{owner}' owns no dataset-specific modules (owners: "
+                             f"{self.owners})")
+        self.test_map[name] = owner
+
     @classmethod
     def from_cfg(cls, cfg) -> "DatasetIndex":
         d = cfg.MODEL.DATASEG.DATASET_SPECIFIC
@@ -79,6 +86,25 @@ class DatasetIndex:
 def uses_dataset_specific(cfg) -> bool:
     d = cfg.MODEL.DATASEG.DATASET_SPECIFIC
     return bool(d.QUERIES or d.HEADS or int(d.PROMPT_TOKENS) > 0)
+
+
+def serve_with(model, name: str, dataset: Optional[str],
+               option: str = "modules_from") -> None:
+    """Makes every dataset-specific module of ``model`` serve ``name`` (a vocabulary the model
+    does not know, e.g. one typed at run time) with the copies that serve ``dataset``. A model
+    without such modules needs nothing: ``dataset`` is ignored. With them, ``dataset`` must be
+    given and served (one-line ValueError naming ``option`` and listing the choices)."""
+    indexes = {id(m.dataset_index): m.dataset_index for m in model.modules()
+               if isinstance(getattr(m, "dataset_index", None), DatasetIndex)}
+    if not indexes:
+        return
+    first = next(iter(indexes.values()))
+    if name in first.owners or name in first.test_map:
+        if dataset is None:
+            return  # already served (a training set or a TEST_MAP entry)
+    owner = first.require(dataset, option)
+    for index in indexes.values():
+        index.serve(name, owner)
 
 
 def model_dataset_index(model) -> Optional[DatasetIndex]:
