@@ -207,13 +207,19 @@ class PredictionWriter:
         self._instances_seen = False
 
     def write(self, stem: str, image_rgb: np.ndarray, predictions: dict,
-              image_id: Optional[int] = None) -> List[Path]:
+              image_id: Optional[int] = None, source: Optional[str] = None) -> List[Path]:
         """Writes the files of one image; returns their paths. ``stem``: output base name
-        (unique within the folder); ``image_rgb``: the original HxWx3 uint8 RGB image."""
+        (unique within the folder); ``image_rgb``: the original HxWx3 uint8 RGB image;
+        ``source``: the input file, the ``file_name`` of its COCO image entry (default
+        ``<stem>.jpg``). The entry's height/width are the original's, which the masks and
+        boxes refer to; a drawing upscaled by ``scale`` is named in ``"visualization"``."""
         image_id = len(self.images) + 1 if image_id is None else image_id
         h, w = image_rgb.shape[:2]
-        self.images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": h,
-                            "width": w})
+        entry = {"id": image_id, "file_name": str(source) if source else f"{stem}.jpg",
+                 "height": h, "width": w}
+        if self.visualize:
+            entry["visualization"] = f"{stem}.jpg"
+        self.images.append(entry)
         paths = []
         if self.visualize:
             vis = draw_predictions(image_rgb, predictions, self.metadata,

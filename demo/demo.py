@@ -176,7 +176,8 @@ def main(argv=None) -> int:
                 continue
             try:
                 outputs = predictor(image)
-                writer.write(unique_stem(path, used), image[:, :, ::-1], outputs)
+                writer.write(unique_stem(path, used), image[:, :, ::-1], outputs,
+                             source=str(path))
             except (RuntimeError, ValueError, OSError) as e:
                 failed.append((path, f"{type(e).__name__}: {e}"))
                 tqdm.tqdm.write(f"skipped {path}: {type(e).__name__}: {e}")

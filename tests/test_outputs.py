@@ -1,10 +1,12 @@
 """Drawings of ``dataseg.outputs.draw_predictions``: labels in proportion to the image, and
 Detectron2's Visualizer ``scale`` honoured."""
 import importlib.util
+import json
 
 import numpy as np
 import pytest
 import torch
+from detectron2.structures import Boxes, Instances
 from engine_helpers import REPO
 from PIL import Image
 
@@ -73,3 +75,25 @@ def test_prediction_writer_and_demo_take_the_scale(tmp_path, capsys):
     assert demo.main(["--input", str(tmp_path), "--scale", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--scale" in err[0], err
+
+
+def test_coco_image_entries_name_the_input_and_its_size_not_the_drawing(tmp_path):
+    """Masks and boxes of instances_results.json refer to the input image: its COCO entry
+    names the input file with the input's size, and the (upscaled) drawing separately."""
+    image = np.full((40, 60, 3), 255, np.uint8)
+    inst = Instances((40, 60))
+    inst.pred_boxes = Boxes(torch.tensor([[5.0, 5.0, 20.0, 30.0]]))
+    inst.scores = torch.tensor([0.9])
+    inst.pred_classes = torch.tensor([0])
+    masks = torch.zeros(1, 40, 60, dtype=torch.bool)
+    masks[0, 5:30, 5:20] = True
+    inst.pred_masks = masks
+    meta = vocabulary_metadata(parse_vocabulary("cat, grass:stuff"), "t_outputs_coco")
+    writer = PredictionWriter(tmp_path, meta)
+    writer.write("a", image, {"instances": inst}, source="photos/a.png")
+    writer.write("b", image, {"instances": inst})
+    images = json.loads((tmp_path / "coco_images.json").read_text())["images"]
+    assert images[0] == {"id": 1, "file_name": "photos/a.png", "height": 40, "width": 60,
+                         "visualization": "a.jpg"}
+    assert images[1]["file_name"] == "b.jpg" and images[1]["visualization"] == "b.jpg"
+    assert Image.open(tmp_path / "a.jpg").size == (600, 400)  # the drawing is upscaled
