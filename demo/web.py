@@ -47,6 +47,9 @@ def get_parser():
     p.add_argument("--examples", nargs="+", default=None, metavar="PATH",
                    help="images or folders offered as examples on the page (default: the "
                         "images of the config's DATASETS.TEST that exist on disk)")
+    p.add_argument("--modules-from", metavar="DATASET",
+                   help="a model with dataset-specific (Table 5) modules: the dataset whose "
+                   "copies serve typed vocabularies (required there)")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                    help="config overrides as KEY VALUE pairs, last on the command line")
     return p
@@ -103,7 +106,11 @@ def main(argv=None):
                     max_vocab_chars=args.max_vocab_chars, max_classes=args.max_classes,
                     max_queue=args.max_queue)
     examples = _examples(args.examples) if args.examples else example_images_from_cfg(cfg)
-    service = SegmentationService(cfg, limits, args.confidence_threshold, examples)
+    try:
+        service = SegmentationService(cfg, limits, args.confidence_threshold, examples,
+                                      modules_from=args.modules_from)
+    except ValueError as e:  # e.g. a dataset-specific model without --modules-from
+        raise SystemExit(f"error: {e}") from None
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -259,7 +259,7 @@ class SegmentationService:
     """One loaded model serving any vocabulary and any of the three tasks, one job at a time."""
 
     def __init__(self, cfg, limits: Optional[Limits] = None, confidence_threshold: float = 0.5,
-                 examples: Sequence[Path] = ()):
+                 examples: Sequence[Path] = (), modules_from: Optional[str] = None):
         self.cfg = cfg
         self.limits = limits = limits or Limits()
         self.confidence_threshold = float(confidence_threshold)
@@ -272,7 +272,9 @@ class SegmentationService:
         self._results: OrderedDict[str, bytes] = OrderedDict()
         self._results_lock = threading.Lock()
         start = time.perf_counter()
-        self.predictor = DaTaSegPredictor(cfg, vocabulary=["object"], task=self.default_task)
+        # modules_from: which dataset-specific (Table 5) copies serve typed vocabularies
+        self.predictor = DaTaSegPredictor(cfg, vocabulary=["object"], task=self.default_task,
+                                          modules_from=modules_from)
         self._current: Optional[Tuple[Vocabulary, str]] = None
         logger.info("model loaded in %.1f s (%s)", time.perf_counter() - start,
                     cfg.MODEL.WEIGHTS or "no weights")
