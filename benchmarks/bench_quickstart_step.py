@@ -5,9 +5,12 @@ quickstart config and times ``run_step`` (data + forward + loss + backward + opt
 With ``--compare-pre-speedup`` the steps alternate, in the same trainer, between today's code
 and the code paths before the CPU speed-up of issue 11 (per-tensor AdamW loop instead of the
 fused kernel; focal terms from BCE-with-logits against tensors of ones and zeros), so both see
-the same load; the ratio is printed.
+the same load; the ratio is printed. With ``--compare-channels-last`` two trainers (same seed,
+so the same batches) alternate step by step, one with ``MODEL.DATASEG.CHANNELS_LAST True`` and
+one with ``False``; the ratio is printed.
 
     python benchmarks/bench_quickstart_step.py [--threads 2] [--steps 16] [--compare-pre-speedup]
+    python benchmarks/bench_quickstart_step.py --threads 1 --compare-channels-last
 """
 import argparse
 import os
@@ -46,9 +49,12 @@ def main():
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--compare-pre-speedup", action="store_true")
+    p.add_argument("--compare-channels-last", action="store_true")
     p.add_argument("--output-dir", default="output/bench_quickstart_step")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compare_channels_last:
+        return compare_channels_last(args)
     cfg = setup_cfg(default_argument_parser().parse_args(
         ["--config-file", str(REPO / "configs" / "quickstart.yaml"),
          "OUTPUT_DIR", args.output_dir]))
@@ -79,6 +85,29 @@ def main():
         before = statistics.median(times[False])
         print(f"interleaved, pre-speed-up code paths: {before:.3f} s; now/before "
               f"{now / before:.3f}x")
+
+
+def compare_channels_last(args):
+    def trainer(channels_last):
+        cfg = setup_cfg(default_argument_parser().parse_args(
+            ["--config-file", str(REPO / "configs" / "quickstart.yaml"),
+             "OUTPUT_DIR", f"{args.output_dir}/cl_{channels_last}",
+             "MODEL.DATASEG.CHANNELS_LAST", str(channels_last)]))
+        return DaTaSegTrainer(cfg)._trainer
+
+    runs = {True: trainer(True), False: trainer(False)}
+    times = {True: [], False: []}
+    with EventStorage(0):
+        for i in range(args.warmup + args.steps):
+            for cl in ((True, False) if i % 2 else (False, True)):
+                t0 = time.perf_counter()
+                runs[cl].run_step()
+                if i >= args.warmup:
+                    times[cl].append(time.perf_counter() - t0)
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    print(f"quickstart training step, {args.threads} threads, {args.steps} interleaved steps "
+          f"each, load average {os.getloadavg()[0]:.1f}: CHANNELS_LAST True {on:.3f} s, "
+          f"False {off:.3f} s; True/False {on / off:.3f}x")
 
 
 if __name__ == "__main__":

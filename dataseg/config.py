@@ -79,6 +79,11 @@ def add_dataseg_config(cfg):
     # a ground truth matched to one gets no gradient; False: they are left out of matching (they
     # still count as "no object" in the class loss, a constant). Inference skips them either way.
     cfg.MODEL.DATASEG.MATCH_EMPTY_MERGED = True
+    # Store the model's 4-D weights channels-last (NHWC), so convolutions and their gradients run
+    # in oneDNN's NHWC kernels: the quickstart's training step took 0.84x the time on 2 CPU cores
+    # (benchmarks/bench_quickstart_step.py --compare-channels-last). Same model, rounding-level
+    # differences; checkpoints load either way. Off by default (GPU configs are not measured).
+    cfg.MODEL.DATASEG.CHANNELS_LAST = False
 
     # Losses (eq. 4) and matching costs (eq. 5); cost weights equal loss weights (M2F).
     # Cross-entropy weight on classes (M2F default 2.0) and its no-object weight (0.1).

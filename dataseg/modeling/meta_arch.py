@@ -136,7 +136,8 @@ class DaTaSeg(nn.Module):
                  dataset_loss_weights: Optional[Dict[str, float]] = None,
                  test_task: str = "", default_vocabulary: str = "",
                  object_mask_threshold: float = 0.8,
-                 overlap_threshold: float = 0.8, instances_per_image: int = 100):
+                 overlap_threshold: float = 0.8, instances_per_image: int = 100,
+                 channels_last: bool = False):
         super().__init__()
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
@@ -160,6 +161,8 @@ class DaTaSeg(nn.Module):
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.instances_per_image = instances_per_image
+        if channels_last:  # 4-D weights NHWC: convolutions follow (faster oneDNN paths on CPU)
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -183,6 +186,7 @@ class DaTaSeg(nn.Module):
             "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
             "instances_per_image": d.TEST.INSTANCES_PER_IMAGE,
+            "channels_last": d.CHANNELS_LAST,
         }
 
     @property

@@ -206,3 +206,47 @@ def test_bad_class_id_names_image(model):
     batch[0]["image_id"] = "img_42"
     with pytest.raises(ValueError, match="img_42"):
         model(batch)
+
+
+def test_channels_last_is_the_same_model():
+    """MODEL.DATASEG.CHANNELS_LAST stores 4-D weights NHWC: same losses, gradients and
+    inference as the NCHW model with the same weights (rounding only), checkpoints swap."""
+    models = {}
+    # distinct classes (equal embeddings tie in matching and amplify rounding differences)
+    emb = torch.randn(K, D, generator=torch.Generator().manual_seed(3))
+    for cl in (False, True):
+        cfg = tiny_cfg()
+        cfg.MODEL.DATASEG.CHANNELS_LAST = cl
+        torch.manual_seed(0)
+        models[cl] = build_model(cfg)
+        for name in ("tiny_sem", "tiny_pan", "tiny_box"):
+            models[cl].set_vocabulary(name, emb, IS_THING)
+    plain, nhwc = models[False], models[True]
+    conv = plain.backbone.stem.conv1.weight
+    assert conv.is_contiguous()
+    assert nhwc.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc.load_state_dict(plain.state_dict())  # a checkpoint of either layout loads in the other
+    assert nhwc.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for batch_fn in (_sem_batch, _pan_batch, _box_batch):
+        torch.manual_seed(1)
+        batch = batch_fn()
+        out = {}
+        for cl, m in models.items():
+            m.train()
+            m.zero_grad()
+            torch.manual_seed(2)  # the same sampled points
+            losses = m(batch)
+            sum(losses.values()).backward()
+            out[cl] = (losses, {n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+        for k, v in out[False][0].items():
+            assert torch.allclose(v, out[True][0][k], rtol=1e-4, atol=1e-5), (batch_fn, k)
+        assert out[False][1].keys() == out[True][1].keys()
+        for n, g in out[False][1].items():
+            assert torch.allclose(g, out[True][1][n], rtol=1e-3, atol=1e-5), (batch_fn, n)
+    for m in models.values():
+        m.eval()
+    x = [{"image": _image(), "dataset_name": "tiny_pan", "task": "semantic", "height": 64,
+          "width": 80}]
+    with torch.no_grad():
+        a, b = plain(x)[0]["sem_seg"], nhwc(x)[0]["sem_seg"]
+    assert torch.allclose(a, b, atol=1e-4)
