@@ -80,7 +80,7 @@ def add_dataseg_config(cfg):
     # still count as "no object" in the class loss, a constant). Inference skips them either way.
     cfg.MODEL.DATASEG.MATCH_EMPTY_MERGED = True
     # Store the model's 4-D weights channels-last (NHWC), so convolutions and their gradients run
-    # in oneDNN's NHWC kernels: the quickstart's training step took 0.84x the time on 2 CPU cores
+    # in oneDNN's NHWC kernels: the quickstart's training step took 0.88x the time on 2 CPU cores
     # (benchmarks/bench_quickstart_step.py --compare-channels-last). Same model, rounding-level
     # differences; checkpoints load either way. Off by default (GPU configs are not measured).
     cfg.MODEL.DATASEG.CHANNELS_LAST = False
