@@ -94,23 +94,28 @@ def serve_with(model, name: str, dataset: Optional[str],
     does not know, e.g. one typed at run time) with the copies that serve ``dataset``. A model
     without such modules needs nothing: ``dataset`` is ignored. With them, ``dataset`` must be
     given and served (one-line ValueError naming ``option`` and listing the choices)."""
-    indexes = {id(m.dataset_index): m.dataset_index for m in model.modules()
-               if isinstance(getattr(m, "dataset_index", None), DatasetIndex)}
+    indexes = _model_dataset_indexes(model)
     if not indexes:
         return
-    first = next(iter(indexes.values()))
-    if name in first.owners or name in first.test_map:
-        if dataset is None:
-            return  # already served (a training set or a TEST_MAP entry)
-    owner = first.require(dataset, option)
-    for index in indexes.values():
+    if dataset is None and (name in indexes[0].owners or name in indexes[0].test_map):
+        return  # already served (a training set or a TEST_MAP entry)
+    owner = indexes[0].require(dataset, option)
+    for index in indexes:
         index.serve(name, owner)
+
+
+def _model_dataset_indexes(model) -> List[DatasetIndex]:
+    """Each distinct ``DatasetIndex`` of a model's dataset-specific modules (the decoder and
+    the classifier hold one each), in module order."""
+    found = {}
+    for m in model.modules():
+        index = getattr(m, "dataset_index", None)
+        if isinstance(index, DatasetIndex):
+            found.setdefault(id(index), index)
+    return list(found.values())
 
 
 def model_dataset_index(model) -> Optional[DatasetIndex]:
     """The ``DatasetIndex`` of a model's dataset-specific modules, None when it has none."""
-    for m in model.modules():
-        index = getattr(m, "dataset_index", None)
-        if isinstance(index, DatasetIndex):
-            return index
-    return None
+    indexes = _model_dataset_indexes(model)
+    return indexes[0] if indexes else None
