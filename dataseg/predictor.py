@@ -176,6 +176,10 @@ def vocabulary_metadata(vocab: Vocabulary, name: str) -> Metadata:
                     stuff_dataset_id_to_contiguous_id=ids)
 
 
+# how errors about a dataset-specific model's missing module choice name the option
+_MODULES_FROM = "modules_from= (demo: --modules-from)"
+
+
 class DaTaSegPredictor:
     """Like ``detectron2.engine.DefaultPredictor``, with a vocabulary chosen at run time.
 
@@ -247,7 +251,7 @@ class DaTaSegPredictor:
         task = self._pick_task(task, "panoptic")
         emb = embed_vocabulary(vocab.class_synonyms, **self._text_kwargs)
         name = f"dataseg_predictor_{vocab.key()}"
-        serve_with(self.model, name, self.modules_from, "modules_from= (demo: --modules-from)")
+        serve_with(self.model, name, self.modules_from, _MODULES_FROM)
         self.model.set_vocabulary(name, emb, vocab.is_thing, task=task)
         self.vocabulary, self.vocabulary_name, self.task = vocab, name, task
         self.metadata = vocabulary_metadata(vocab, name)
@@ -259,8 +263,7 @@ class DaTaSegPredictor:
         self.task = self._pick_task(task, info.task)
         self.vocabulary_name = name
         if self.modules_from is not None:
-            serve_with(self.model, name, self.modules_from,
-                       "modules_from= (demo: --modules-from)")
+            serve_with(self.model, name, self.modules_from, _MODULES_FROM)
         self.model.vocabulary.get(name)  # embeds now, so errors surface here
         meta = MetadataCatalog.get(name).as_dict()
         meta.update(visualizer_fields(info.class_names), name=name,
