@@ -1,4 +1,4 @@
-"""CPU training-step time of DaTaSeg vs. HF transformers' Mask2Former with its own loss.
+"""Training-step time of DaTaSeg vs. HF transformers' Mask2Former with its own loss (CPU or GPU).
 
 One step = forward + loss + backward + optimizer step (+ gradient clipping), fp32, on a batch
 of ``--batch`` images of ``--size`` x ``--size`` with the same random semantic targets for both
@@ -14,6 +14,8 @@ from other processes hits both alike; medians over ``--repeats`` after ``--warmu
 split into forward+loss, backward and optimizer phases.
 
     python benchmarks/bench_train_step.py [--threads 2] [--repeats 10]
+    # on a GPU (DaTaSeg uses its CUDA deformable-attention kernel when built, HF its PyTorch path):
+    python benchmarks/bench_train_step.py --device cuda --batch 16 --size 256 --repeats 30
     # the DaTaSeg of another checkout (e.g. before a change), against the same HF baseline:
     python benchmarks/bench_train_step.py --dataseg-root /path/to/other/checkout
 """
@@ -56,7 +58,7 @@ def build_ours(args, targets):
     cfg = get_cfg()
     add_dataseg_config(cfg)
     cfg.merge_from_file(str(REPO / "configs" / "Base-DaTaSeg.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = args.device
     cfg.MODEL.RESNETS.DEPTH = 18
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.RESNETS.NORM = "BN"  # HF's ResNet trains its batch norms too
@@ -66,18 +68,19 @@ def build_ours(args, targets):
     d.DEC_LAYERS, d.MASK_DIM, d.TRAIN_NUM_POINTS = DEC_LAYERS, HIDDEN, POINTS
     d.PIXEL_DECODER.CONVS_DIM, d.PIXEL_DECODER.ENC_LAYERS = HIDDEN, ENC_LAYERS
     d.PIXEL_DECODER.ENC_HEADS, d.PIXEL_DECODER.ENC_DIM_FEEDFORWARD = HEADS, FFN
-    d.PIXEL_DECODER.DEFORM_ATTN_IMPL = "pytorch"
+    d.PIXEL_DECODER.DEFORM_ATTN_IMPL = "pytorch" if args.device == "cpu" else "auto"
     d.CLASSIFIER.TEXT_DIM = TEXT_DIM  # MiniLM size; random embeddings injected below
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    model.set_vocabulary("bench", torch.randn(NUM_CLASSES, TEXT_DIM), [False] * NUM_CLASSES)
+    model.set_vocabulary("bench", torch.randn(NUM_CLASSES, TEXT_DIM, device=args.device),
+                         [False] * NUM_CLASSES)
     optimizer = build_optimizer(cfg, model)
     g = torch.Generator().manual_seed(1)
     inputs = []
     for labels, masks in targets:
         inst = Instances((args.size, args.size))
-        inst.gt_classes = labels
-        inst.gt_masks = masks
+        inst.gt_classes = labels.to(args.device)
+        inst.gt_masks = masks.to(args.device)
         inputs.append({"image": torch.randint(0, 256, (3, args.size, args.size), generator=g,
                                               dtype=torch.uint8),
                        "dataset_name": "bench", "task": "semantic", "instances": inst})
@@ -102,12 +105,12 @@ def build_hf(args, targets):
         encoder_layers=ENC_LAYERS, decoder_layers=DEC_LAYERS + 1,  # HF runs decoder_layers - 1
         train_num_points=POINTS, use_auxiliary_loss=True)
     torch.manual_seed(0)
-    model = Mask2FormerForUniversalSegmentation(config).train()
+    model = Mask2FormerForUniversalSegmentation(config).to(args.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     g = torch.Generator().manual_seed(1)
-    pixel_values = torch.randn(len(targets), 3, args.size, args.size, generator=g)
-    mask_labels = [m.float() for _, m in targets]
-    class_labels = [lab for lab, _ in targets]
+    pixel_values = torch.randn(len(targets), 3, args.size, args.size, generator=g).to(args.device)
+    mask_labels = [m.float().to(args.device) for _, m in targets]
+    class_labels = [lab.to(args.device) for lab, _ in targets]
 
     def loss():
         return model(pixel_values=pixel_values, mask_labels=mask_labels,
@@ -119,16 +122,21 @@ def build_hf(args, targets):
 def timed_step(model, optimizer, loss_fn, clip):
     import torch
 
-    t0 = time.perf_counter()
+    def now():  # phase times on a GPU need the queued kernels finished
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    t0 = now()
     loss = loss_fn()
-    t1 = time.perf_counter()
+    t1 = now()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    t2 = time.perf_counter()
+    t2 = now()
     if clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
-    t3 = time.perf_counter()
+    t3 = now()
     if not torch.isfinite(loss):
         raise RuntimeError(f"non-finite loss {loss.item()}")
     return t3 - t0, t1 - t0, t2 - t1, t3 - t2
@@ -141,6 +149,7 @@ def main():
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dataseg-root", default=str(REPO),
                    help="checkout whose dataseg package is benchmarked (default: this one)")
     args = p.parse_args()
@@ -152,6 +161,7 @@ def main():
     targets = make_targets(args.batch, args.size)
     runs = {"ours": build_ours(args, targets) + (None,), "hf": build_hf(args, targets) + (None,)}
     import dataseg
+    from dataseg.modeling.ops import ms_deform_attn as mda
 
     times = {name: [] for name in runs}
     for i in range(args.warmup + args.repeats):
@@ -164,7 +174,10 @@ def main():
     def med(name, k):
         return statistics.median(t[k] for t in times[name])
 
-    print(f"CPU fp32, {args.threads} threads, batch {args.batch}x3x{args.size}x{args.size}, "
+    where = (f"CPU, {args.threads} threads" if args.device == "cpu" else
+             f"{torch.cuda.get_device_name()}, ours: deformable attention "
+             f"{mda.kernel_status().split(';')[0]}")
+    print(f"{where}, fp32, batch {args.batch}x3x{args.size}x{args.size}, "
           f"R18, {QUERIES} queries, hidden {HIDDEN}, {ENC_LAYERS} enc / {DEC_LAYERS} dec layers, "
           f"{POINTS} points, {NUM_CLASSES} classes, {args.repeats} interleaved steps each; "
           f"dataseg from {Path(dataseg.__file__).parent}")

@@ -207,7 +207,8 @@ class PanopticDatasetMapper(_BaseMapper):
     def _map(self, record):
         image = self._read(record)
         rgb = _read_label(record["pan_seg_file_name"], record["file_name"], image.shape, True)
-        pan = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+        rgb = rgb.astype(np.int64)  # uint8 * 256 overflows under numpy 2's promotion rules
+        pan = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
         segments = record["segments_info"]
         unknown = np.setdiff1d(np.unique(pan), [0] + [s["id"] for s in segments])
         if len(unknown):

@@ -4,6 +4,9 @@ Detectron2 0.6's ``launch`` always uses NCCL, which needs GPUs. Here the backend
 CUDA is available and gloo otherwise (``DATASEG_DIST_BACKEND`` overrides), so the same
 ``--num-gpus N --num-machines M --machine-rank R --dist-url URL`` options start N processes per
 machine on GPUs or on CPUs.
+
+``DATASEG_FORCE_DISTRIBUTED=1`` runs even a single process through a spawned worker and
+``torch.distributed`` (a one-GPU NCCL run checks the multi-GPU set-up on a one-GPU machine).
 """
 import logging
 import os
@@ -40,10 +43,11 @@ def launch(main_func, num_processes_per_machine, num_machines=1, machine_rank=0,
     """Runs ``main_func(*args)`` in ``num_processes_per_machine * num_machines`` processes.
 
     ``dist_url`` "auto" (or None) picks a free local port (single machine only).
-    With one process in total, ``main_func`` runs in this process without torch.distributed.
+    With one process in total, ``main_func`` runs in this process without torch.distributed,
+    unless ``DATASEG_FORCE_DISTRIBUTED=1``.
     """
     world_size = num_machines * num_processes_per_machine
-    if world_size <= 1:
+    if world_size <= 1 and os.environ.get("DATASEG_FORCE_DISTRIBUTED", "0") != "1":
         return main_func(*args)
     if dist_url in (None, "auto"):
         if num_machines != 1:
@@ -81,6 +85,9 @@ def _worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_u
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     comm.synchronize()
+    # printed: the loggers are set up later, inside main_func
+    print(f"dataseg.launch: rank {global_rank} of {world_size} joined the {backend} process "
+          f"group at {dist_url}", flush=True)
     try:
         main_func(*args)
     finally:

@@ -58,8 +58,9 @@ def id2rgb(ids):
     return _id2rgb(ids)
 
 
-def write_panoptic_dataset(root, n=2, size=(32, 40), seed=0, crowd=True):
-    """COCO panoptic: images/*.jpg, panoptic/*.png (id2rgb), panoptic.json with segments_info."""
+def write_panoptic_dataset(root, n=2, size=(32, 40), seed=0, crowd=True, id_base=1000):
+    """COCO panoptic: images/*.jpg, panoptic/*.png (id2rgb), panoptic.json with segments_info.
+    Segment ids are id_base * (image + 1) + 300 + k (id_base >= 65536 uses the blue channel)."""
     root = Path(root)
     for d in ("images", "panoptic"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,7 @@ def write_panoptic_dataset(root, n=2, size=(32, 40), seed=0, crowd=True):
         layout = [(17, (0, 0, w, h // 2)), (40, (0, h // 2, w, h)), (1, (2, 4, 10, 20)),
                   (1, (12, 6, 20, 26)), (3, (24, 18, 36, 30))]
         for k, (cat, (x0, y0, x1, y1)) in enumerate(layout):
-            seg_id = 1000 * (i + 1) + 300 + k
+            seg_id = id_base * (i + 1) + 300 + k
             pan[y0:y1, x0:x1] = seg_id
             segs.append({"id": seg_id, "category_id": cat, "iscrowd": int(crowd and k == 4),
                          "area": int((pan == seg_id).sum()), "bbox": [x0, y0, x1 - x0, y1 - y0]})

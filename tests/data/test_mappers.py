@@ -107,6 +107,24 @@ def test_panoptic_pixels_and_crowd(tmp_path, cfg, names):
             assert torch.equal(m, torch.as_tensor(pan == s["id"]))
 
 
+def test_panoptic_ids_in_all_three_rgb_channels(tmp_path, cfg, names):
+    """id = R + 256 G + 256^2 B with ids up to 140304 (B = 2); uint8 channels must not
+    overflow (numpy 2 raises on uint8 * 256)."""
+    ds = write_panoptic_dataset(tmp_path, n=2, crowd=False, id_base=70000)
+    names.append("m_pan_rgb")
+    register_panoptic_dataset("m_pan_rgb", ds["image_root"], ds["panoptic_root"],
+                              ds["panoptic_json"], ds["categories"])
+    mapper = _none(cfg, "m_pan_rgb")
+    for rec in DatasetCatalog.get("m_pan_rgb"):
+        assert max(s["id"] for s in rec["segments_info"]) >= 65536
+        out = mapper(rec)
+        pan = ds["maps"][rec["image_id"]]
+        assert out["instances"].gt_classes.tolist() == [
+            s["category_id"] for s in rec["segments_info"]]
+        for s, m in zip(rec["segments_info"], out["instances"].gt_masks):
+            assert torch.equal(m, torch.as_tensor(pan == s["id"]))
+
+
 def test_instance_pixels_polygon_and_rle(tmp_path, cfg, names):
     ds = write_instance_dataset(tmp_path, n=2)
     names.append("m_inst")
