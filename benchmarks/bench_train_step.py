@@ -122,8 +122,10 @@ def build_hf(args, targets):
 def timed_step(model, optimizer, loss_fn, clip):
     import torch
 
+    cuda = next(model.parameters()).is_cuda
+
     def now():  # phase times on a GPU need the queued kernels finished
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.synchronize()
         return time.perf_counter()
 

@@ -35,7 +35,7 @@ quickstart() {  # quickstart() NAME [OVERRIDES...]: train + evaluate on the GPU
 }
 
 r50() {  # the real setting's step time; detectron2 logs seconds per iteration at the end
-    local cfg b name
+    local cfg b name rc=0
     for cfg in ${R50_CONFIGS:-configs/dataseg_r50.yaml}; do
         for b in ${R50_BATCHES:-2 4}; do
             name="$(basename "$cfg" .yaml)_b$b"
@@ -44,11 +44,13 @@ r50() {  # the real setting's step time; detectron2 logs seconds per iteration a
                 DATASETS.TEST '()' DATASETS.TRAIN_BATCH_SIZES "[$b,$b,$b]" SOLVER.IMS_PER_BATCH "$b" \
                 MODEL.WEIGHTS '""' MODEL.TEXT_ENCODER.NAME minilm MODEL.DEVICE cuda \
                 SOLVER.MAX_ITER "${R50_ITERS:-200}" DATALOADER.NUM_WORKERS "$WORKERS" \
-                OUTPUT_DIR "output/gpu_$name" > "$OUT/r50_$name.log" 2>&1
+                OUTPUT_DIR "output/gpu_$name" > "$OUT/r50_$name.log" 2>&1 \
+                || { rc=1; echo "$name: train_net.py failed, see r50_$name.log"; }
             echo "$name: $(grep -h 'Overall training speed' "$OUT/r50_$name.log")"
             grep -h "max_mem" "$OUT/r50_$name.log" | tail -1 | grep -o "time: .*"
         done
     done
+    return $rc
 }
 
 run_step() {

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from detectron2.utils.events import EventStorage
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,8 +43,6 @@ def main(argv=None):
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
-
-    from detectron2.utils.events import EventStorage
 
     with EventStorage(0):
         for _ in range(args.warmup):
