@@ -25,6 +25,7 @@ from detectron2.utils import comm
 
 from dataseg.data.dataset_info import get_dataset_info
 from dataseg.data.loading import as_ignore_region, is_maskless, skip_bad_records
+from dataseg.engine.d2compat import coco_evaluator_api, evaluator_metadata
 from dataseg.utils.atomic import atomic_write_bytes
 
 __all__ = ["EVALUATOR_TABLE", "IgnoreRegionCOCOEvaluator", "LoadedImagesPanopticEvaluator",
@@ -107,11 +108,8 @@ class LoadedImagesPanopticEvaluator(COCOPanopticEvaluator):
             path = os.path.join(tmp, os.path.basename(metadata.panoptic_json))
             with open(path, "w") as f:
                 json.dump(gt, f)
-            self._metadata = _WithPanopticJson(metadata, path)
-            try:
+            with evaluator_metadata(self, _WithPanopticJson(metadata, path)):
                 results = super().evaluate()
-            finally:
-                self._metadata = metadata
         return OrderedDict(results, images=images)
 
 
@@ -130,7 +128,7 @@ class IgnoreRegionCOCOEvaluator(COCOEvaluator):
         super().__init__(dataset_name, *args, **kwargs)
         # Detectron2 exposes no hook to adjust the ground truth it loads; the COCO api object
         # holds the annotation dicts (shared by .dataset and .anns), rewritten in place.
-        api = self._coco_api
+        api = coco_evaluator_api(self)
         count = 0
         for ann in api.dataset.get("annotations", []):
             if is_maskless(ann):
