@@ -21,6 +21,8 @@
 #   DATASEG_STACK          auto (default) | main | legacy: force a stack (an impossible one fails)
 #   DATASEG_CACHE          where the v0.6 source archive is kept (default ~/.cache/dataseg)
 #   DATASEG_BUILD_CUDA     auto (default) | 1 (force the CUDA builds) | 0 (never build CUDA code)
+#   DATASEG_D2_FROM_GIT=0  do not try github.com (no network probe)
+#   DATASEG_INSTALL_PLAN=1 print the chosen stack and lock file, install nothing
 #   DATASEG_REINSTALL=1    re-run the editable install of this project (e.g. after kernel edits)
 #   DATASEG_REINSTALL_D2=1 rebuild Detectron2 main although one with compiled ops is installed
 #   DATASEG_SKIP_BROWSER=1 do not install Chromium (only the web demo's browser test needs it)
@@ -28,6 +30,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac  # checks cd /
 CACHE="${DATASEG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dataseg}"
 REQ="$ROOT/requirements"
 d2_value() { sed -n "s/^$1=//p" "$REQ/detectron2.txt"; }
@@ -69,7 +72,9 @@ elif str(stub) == sys.argv[1]:
 EOF
     ) || true
 }
-github_reachable() { timeout 20 git ls-remote "$D2_REPO" >/dev/null 2>&1; }
+github_reachable() {
+    [ "${DATASEG_D2_FROM_GIT:-auto}" != "0" ] && timeout 20 git ls-remote "$D2_REPO" >/dev/null 2>&1
+}
 
 # ---------------------------------------------------------------- choose the stack (no download)
 WANT="${DATASEG_STACK:-auto}"
@@ -100,6 +105,10 @@ if [ "$STACK" = "main" ]; then
 else
     say "stack: legacy (Python $PYVER, Detectron2 v0.6 Python sources WITHOUT compiled ops, numpy 1.23; $(basename "$LOCK"))"
     echo "Detectron2 main cannot be had here (github.com unreachable, DETECTRON2_SOURCE unset${DATASEG_STACK:+, DATASEG_STACK=$DATASEG_STACK}): this is the 2021 fallback. Set DETECTRON2_SOURCE to a source archive of $D2_REPO at ${D2_COMMIT:0:7} for the main stack."
+fi
+if [ "${DATASEG_INSTALL_PLAN:-0}" = "1" ]; then
+    echo "plan: stack=$STACK python=$PYVER lock=${LOCK#"$ROOT"/} detectron2=${D2_FROM:-${HAVE:-v0.6 sources}}"
+    exit 0
 fi
 
 say "torch and torchvision (matching PyPI builds)"

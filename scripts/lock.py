@@ -13,11 +13,11 @@ A stack is what scripts/install.sh chooses between (see docs/INSTALL.md):
 
 Each lock, ``requirements/locks/<stack>-py<X.Y>.txt``, is the full list of ``name==version``
 that pip resolves for ``requirements/torch.txt`` + ``requirements/base.txt`` (+ legacy.txt) on
-CPython X.Y, linux x86_64. It is resolved without installing anything (``pip install
---dry-run --report`` with the target Python's tags), so every lock is made from one machine in
-about a minute each. pip only resolves wheels for another Python, so the few dependencies
-published as source archives only (pure-Python ones, e.g. fvcore) are first built into wheels
-(``py3-none-any``) in a temporary folder that the resolution sees.
+CPython X.Y, linux x86_64. It is resolved by that Python itself (so that environment markers
+such as ``python_version >= "3.13"`` are those of the target) in a temporary virtual
+environment with a recent pip, without installing anything (``pip install --dry-run
+--report``): about a minute each. Each ``python3.X`` is looked for on PATH, then in pyenv's
+versions.
 
 Detectron2 itself, this project and ``requirements/nodeps.txt`` (hash-checked) are installed
 apart from the lock and are not in it.
@@ -26,8 +26,8 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -36,8 +36,6 @@ REQ = ROOT / "requirements"
 LOCKS = REQ / "locks"
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 STACKS = {"main": PYTHONS, "legacy": ("3.10", "3.11")}  # v0.6's numpy<1.24 stops at 3.11
-PLATFORMS = ["linux_x86_64", "manylinux2014_x86_64"] + [
-    f"manylinux_2_{g}_x86_64" for g in range(5, 40)]
 
 
 def _pip(pip, *args, **kw):
@@ -50,38 +48,27 @@ def _inputs(stack):
     return files + [REQ / "legacy.txt"] if stack == "legacy" else files
 
 
-def _resolve(pip, stack, py, wheel_dir, report):
-    """pip's resolution of the stack's requirements for CPython ``py`` (a dry run)."""
-    abi = "cp" + py.replace(".", "")
-    args = ["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-            "--only-binary=:all:", "--find-links", str(wheel_dir), "--python-version", py,
-            "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none"]
-    for plat in PLATFORMS:
-        args += ["--platform", plat]
+def find_python(version):
+    """A working ``python3.X`` for ``version`` "3.X": pyenv's, else one on PATH (a pyenv shim
+    on PATH may not run)."""
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = sorted(Path(root, "versions").glob(f"{version}.*/bin/python{version}"),
+                        reverse=True) + [shutil.which(f"python{version}")]
+    for c in candidates:
+        if c and subprocess.run([str(c), "-c", "pass"], capture_output=True).returncode == 0:
+            return str(c)
+    raise SystemExit(f"scripts/lock.py: no working python{version} in {root}/versions or on "
+                     f"PATH: install Python {version}, or leave it out with --python")
+
+
+def _resolve(pip, stack, report):
+    """pip's resolution of the stack's requirements by the venv's own Python (a dry run)."""
+    args = ["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report)]
     for f in _inputs(stack):
         args += ["-r", str(f)]
     _pip(pip, *args)
     return {i["metadata"]["name"]: i["metadata"]["version"]
             for i in json.loads(report.read_text())["install"]}
-
-
-def _build_source_only(pip, stack, wheel_dir, report):
-    """Resolves for the running Python with source archives allowed, and builds a wheel of each
-    dependency that came as a source archive (they must be pure Python: checked)."""
-    args = ["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report)]
-    for f in _inputs(stack):
-        args += ["-r", str(f)]
-    _pip(pip, *args)
-    for item in json.loads(report.read_text())["install"]:
-        url = item["download_info"]["url"]
-        if url.endswith((".tar.gz", ".zip", ".tar.bz2")):
-            name, version = item["metadata"]["name"], item["metadata"]["version"]
-            _pip(pip, "wheel", "--no-deps", "--quiet", "-w", str(wheel_dir), f"{name}=={version}")
-    impure = [w.name for w in wheel_dir.glob("*.whl") if not w.name.endswith("-py3-none-any.whl")
-              and not w.name.endswith("-py2.py3-none-any.whl")]
-    if impure:
-        raise SystemExit(f"source-only dependencies that are not pure Python: {impure}; "
-                         "their wheels cannot be used for other Python versions")
 
 
 def write_lock(stack, py, versions):
@@ -105,18 +92,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dataseg_lock") as tmp:
         tmp = Path(tmp)
-        # a recent pip (the running one may predate --report / cross-version dry runs)
-        subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True)
-        pip = [str(tmp / "venv" / "bin" / "python"), "-m", "pip"]
-        _pip(pip, "install", "--quiet", "--upgrade", "pip")
-        for stack in args.stack:
-            wheel_dir = tmp / f"wheels-{stack}"
-            wheel_dir.mkdir()
-            _build_source_only(pip, stack, wheel_dir, tmp / "native.json")
-            for py in args.python:
-                if py not in STACKS[stack]:
-                    continue
-                versions = _resolve(pip, stack, py, wheel_dir, tmp / f"{stack}-{py}.json")
+        for py in args.python:
+            stacks = [s for s in args.stack if py in STACKS[s]]
+            if not stacks:
+                continue
+            venv = tmp / f"venv{py}"
+            subprocess.run([find_python(py), "-m", "venv", str(venv)], check=True)
+            pip = [str(venv / "bin" / "python"), "-m", "pip"]
+            _pip(pip, "install", "--quiet", "--upgrade", "pip")  # --report needs pip >= 22.2
+            for stack in stacks:
+                versions = _resolve(pip, stack, tmp / f"{stack}-{py}.json")
                 print(f"{write_lock(stack, py, versions)}: {len(versions)} packages", flush=True)
 
 

@@ -15,7 +15,7 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 
 __all__ = ["restart_data_iterator", "create_local_process_group", "evaluator_metadata",
-           "coco_evaluator_api"]
+           "coco_evaluator_api", "inner_trainer", "use_faster_coco_eval"]
 
 
 def restart_data_iterator(trainer: SimpleTrainer) -> None:
@@ -85,3 +85,38 @@ def inner_trainer(trainer):
     (``DefaultTrainer._trainer`` on both versions); for code given a ``DefaultTrainer``.
     DaTaSeg's own trainer keeps its inner trainer public (``DaTaSegTrainer.inner``)."""
     return getattr(trainer, "inner", None) or trainer._trainer
+
+
+try:  # faster-coco-eval: COCO evaluation in C++, for a Detectron2 without compiled ops
+    from faster_coco_eval.core.faster_eval_api import COCOeval_faster as _COCOevalFaster
+except ImportError:  # not installed
+    _COCOevalFaster = None
+
+if _COCOevalFaster is not None:
+    class FasterCOCOeval(_COCOevalFaster):
+        """faster-coco-eval's evaluator with pycocotools' ``COCOeval(cocoGt, cocoDt, iouType)``
+        signature and its numbers (``benchmarks/bench_coco_eval.py`` compares them)."""
+
+        def __init__(self, cocoGt=None, cocoDt=None, iouType="segm"):
+            super().__init__(cocoGt, cocoDt, iouType, print_function=_quiet)
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def use_faster_coco_eval() -> bool:
+    """Makes Detectron2's ``COCOEvaluator(use_fast_impl=True)`` evaluate with faster-coco-eval
+    (Detectron2's own ``COCOeval_opt`` needs its compiled ops, and computes the IoUs in Python:
+    several times slower, ``benchmarks/bench_coco_eval.py``). Returns whether it could
+    (faster-coco-eval installed).
+
+    ``COCOEvaluator`` picks its evaluator class from the module name ``COCOeval_opt`` of
+    ``detectron2.evaluation.coco_evaluation`` and takes no argument for another (both versions).
+    """
+    if _COCOevalFaster is None:
+        return False
+    from detectron2.evaluation import coco_evaluation
+
+    coco_evaluation.COCOeval_opt = FasterCOCOeval
+    return True

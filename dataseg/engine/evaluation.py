@@ -25,12 +25,12 @@ from detectron2.utils import comm
 
 from dataseg.data.dataset_info import get_dataset_info
 from dataseg.data.loading import as_ignore_region, is_maskless, skip_bad_records
-from dataseg.engine.d2compat import coco_evaluator_api, evaluator_metadata
+from dataseg.engine.d2compat import coco_evaluator_api, evaluator_metadata, use_faster_coco_eval
 from dataseg.utils.atomic import atomic_write_bytes
 
 __all__ = ["EVALUATOR_TABLE", "IgnoreRegionCOCOEvaluator", "LoadedImagesPanopticEvaluator",
            "build_evaluator", "summarize_results", "missing_metrics", "format_summary",
-           "write_summary", "detectron2_has_compiled_ops", "HEADLINE_METRICS"]
+           "write_summary", "detectron2_has_compiled_ops", "fast_coco_eval", "HEADLINE_METRICS"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +145,16 @@ def _coco(name, output_dir, distributed):
     # Box-only datasets have no masks to score; everything else gets mask and box AP.
     tasks = ("bbox",) if info.task == "box" else ("bbox", "segm")
     return IgnoreRegionCOCOEvaluator(name, tasks=tasks, distributed=distributed,
-                                     output_dir=output_dir,
-                                     use_fast_impl=detectron2_has_compiled_ops())
+                                     output_dir=output_dir, use_fast_impl=fast_coco_eval())
+
+
+def fast_coco_eval() -> bool:
+    """Whether COCO evaluation runs a C++ evaluator with pycocotools' numbers: faster-coco-eval's
+    where it is installed (``requirements/base.txt``, both stacks), else Detectron2's
+    ``COCOeval_opt`` where Detectron2 has its compiled ops; pycocotools' Python one where
+    neither is there. ``benchmarks/bench_coco_eval.py`` measures them against pycocotools
+    (same AP; faster-coco-eval the fastest of the three)."""
+    return use_faster_coco_eval() or detectron2_has_compiled_ops()
 
 
 EVALUATOR_TABLE: Dict[str, Callable[[str, str, bool], DatasetEvaluator]] = {
