@@ -85,8 +85,8 @@ def test_deform_conv_runs_on_cpu_through_torchvision():
 
 
 def test_coco_evaluation_takes_a_fast_path():
-    """faster-coco-eval where installed (both stacks), else Detectron2's COCOeval_opt where its
-    ops are compiled (tests/engine/test_d2compat.py checks the numbers)."""
+    """Detectron2's COCOeval_opt where its ops are compiled, else faster-coco-eval
+    (tests/engine/test_d2compat.py checks the numbers)."""
     from detectron2 import _C
 
     from dataseg.engine.evaluation import detectron2_has_compiled_ops, fast_coco_eval

@@ -106,10 +106,9 @@ def _quiet(*args, **kwargs):
 
 
 def use_faster_coco_eval() -> bool:
-    """Makes Detectron2's ``COCOEvaluator(use_fast_impl=True)`` evaluate with faster-coco-eval
-    (Detectron2's own ``COCOeval_opt`` needs its compiled ops, and computes the IoUs in Python:
-    several times slower, ``benchmarks/bench_coco_eval.py``). Returns whether it could
-    (faster-coco-eval installed).
+    """Makes Detectron2's ``COCOEvaluator(use_fast_impl=True)`` evaluate with faster-coco-eval,
+    for a Detectron2 without compiled ops (its own ``COCOeval_opt`` needs them). Returns whether
+    it could (faster-coco-eval installed).
 
     ``COCOEvaluator`` picks its evaluator class from the module name ``COCOeval_opt`` of
     ``detectron2.evaluation.coco_evaluation`` and takes no argument for another (both versions).

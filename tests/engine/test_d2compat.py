@@ -251,7 +251,7 @@ def test_faster_coco_eval_gives_pycocotools_numbers(tiny_coco):
 
 
 @pytest.mark.skipif(not hasattr(d2compat, "FasterCOCOeval"), reason="faster-coco-eval missing")
-def test_detectron2_coco_evaluator_runs_faster_coco_eval(tiny_coco, tmp_path):
+def test_detectron2_coco_evaluator_runs_faster_coco_eval(tiny_coco, tmp_path, monkeypatch):
     """Through Detectron2's COCOEvaluator (process + evaluate), use_fast_impl reports
     pycocotools' mask AP through faster-coco-eval, on either Detectron2 version."""
     from detectron2.evaluation import coco_evaluation
@@ -261,7 +261,11 @@ def test_detectron2_coco_evaluator_runs_faster_coco_eval(tiny_coco, tmp_path):
     from dataseg.engine.evaluation import fast_coco_eval
 
     name, path, gt, dets = tiny_coco
-    assert fast_coco_eval() and coco_evaluation.COCOeval_opt is d2compat.FasterCOCOeval
+    assert fast_coco_eval()
+    # restored after the test (on the main stack Detectron2's own COCOeval_opt is the default)
+    monkeypatch.setattr(coco_evaluation, "COCOeval_opt", coco_evaluation.COCOeval_opt)
+    assert d2compat.use_faster_coco_eval()
+    assert coco_evaluation.COCOeval_opt is d2compat.FasterCOCOeval
     to_contiguous = MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id
     per_image = {}
     for d in dets:
