@@ -49,7 +49,8 @@ def test_registered_and_built_from_config_with_all_features():
 
 def test_subset_of_out_features_in_canonical_order():
     backbone = EfficientNetLite0Backbone(out_features=["res5", "res3"], pretrained=False)
-    assert backbone._out_features == ["res3", "res5"]
+    assert backbone.feature_names == ["res3", "res5"]
+    assert list(backbone.output_shape()) == ["res3", "res5"]
     assert set(backbone.output_shape()) == {"res3", "res5"}
     with torch.no_grad():
         out = backbone.eval()(torch.randn(1, 3, 64, 64))
