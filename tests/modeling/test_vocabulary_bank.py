@@ -25,7 +25,7 @@ def test_injected_embedder_called_once_at_preload(registered):
 
     bank = VocabularyBank(embedder, text_dim=2)
     bank.preload([registered])
-    assert calls == [[["a", "aa"], ["b"]]]
+    assert [c.class_synonyms for c in calls] == [(("a", "aa"), ("b",))]
     emb, thing = bank.get(registered)
     bank.preload([registered])
     assert len(calls) == 1  # embedded once
