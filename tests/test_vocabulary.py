@@ -104,8 +104,11 @@ def test_one_vocabulary_class_and_one_reader_in_the_package():
                                "dataseg/vocabulary.py:Vocabulary"]
     # outside dataseg/vocabulary.py only the builtin category tables are loaded (json with
     # dataset extras such as Cityscapes' train_id), and they are checked by the one rule
-    assert [r for r, _ in readers] == ["dataseg/data/builtin.py:_read_vocabulary"], readers
-    assert "vocabulary_from_categories" in readers[0][1]
+    readers = dict(readers)
+    assert sorted(readers) == ["dataseg/data/builtin.py:_read_vocabulary",
+                               "dataseg/data/builtin.py:load_vocabulary"], readers
+    assert "vocabulary_from_categories" in readers["dataseg/data/builtin.py:_read_vocabulary"]
+    assert readers["dataseg/data/builtin.py:load_vocabulary"] == {"_read_vocabulary"}
 
 
 def test_vocabulary_is_an_immutable_value_with_a_stable_key(tmp_path):
