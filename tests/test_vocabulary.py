@@ -243,8 +243,8 @@ def test_one_file_through_every_entry_point(tmp_path, tiny, monkeypatch, capsys)
 def test_precomputed_vocabulary_needs_no_encoder_in_demo_and_web(tmp_path, tiny, monkeypatch):
     cfg, cfg_path = tiny
     file = _write(tmp_path, "classes.txt", FILE)
-    cache = cfg.MODEL.TEXT_ENCODER.CACHE_DIR
-    assert text_cli(["--names-file", str(file), "--cache-dir", cache]) == 0
+    # the encoder settings and cache folder of the config the demos run
+    assert text_cli(["--names-file", str(file), "--config-file", str(cfg_path)]) == 0
     monkeypatch.setattr(text, "load_encoder", _no_encoder)
     image = tmp_path / "in.png"
     cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))

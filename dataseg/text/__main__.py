@@ -3,6 +3,10 @@
     python -m dataseg.text --names "cat" "dog, puppy"
     python -m dataseg.text --dataset dataseg_ade20k_sem_seg_val
     python -m dataseg.text --names-file classes.txt --encoder clip --checkpoint ViT-L-14.pt
+    python -m dataseg.text --names-file classes.txt --config-file configs/quickstart.yaml
+
+With ``--config-file`` the encoder settings are the config's (``MODEL.TEXT_ENCODER``), so
+``demo/demo.py`` and ``demo/web.py`` with that config then find the vocabulary in the cache.
 """
 import argparse
 import sys
@@ -11,7 +15,7 @@ from dataseg.data.builtin import register_all_builtin
 from dataseg.data.dataset_info import get_dataset_info
 from dataseg.vocabulary import VocabularyError, read_vocabulary, vocabulary_from_items
 
-from . import DEFAULT_TEMPLATES, ENCODERS, TextEmbedder
+from . import DEFAULT_TEMPLATES, ENCODERS, TextEmbedder, text_encoder_kwargs_from_cfg
 
 
 def _vocabularies(args):
@@ -43,12 +47,23 @@ def main(argv=None):
     p.add_argument("--checkpoint", default="", help="CLIP weights: local file or tag")
     p.add_argument("--templates", nargs="+", default=list(DEFAULT_TEMPLATES))
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--config-file", default=None, metavar="FILE",
+                   help="take the encoder settings (and cache folder, unless --cache-dir is "
+                        "given) from this DaTaSeg config's MODEL.TEXT_ENCODER")
     args = p.parse_args(argv)
     if not (args.names or args.names_file or args.dataset):
         p.error("give --names, --names-file or --dataset")
-    embedder = TextEmbedder(encoder=args.encoder, templates=args.templates,
-                            clip_model=args.clip_model, checkpoint=args.checkpoint,
-                            cache_dir=args.cache_dir)
+    kwargs = dict(encoder=args.encoder, templates=args.templates, clip_model=args.clip_model,
+                  checkpoint=args.checkpoint, cache_dir=args.cache_dir)
+    if args.config_file:
+        from dataseg.engine.defaults import ConfigError, build_cfg
+
+        try:
+            kwargs = dict(text_encoder_kwargs_from_cfg(build_cfg(args.config_file, [])),
+                          **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+        except (ConfigError, OSError) as e:
+            raise SystemExit(f"error: {e}") from None
+    embedder = TextEmbedder(**kwargs)
     try:
         for label, vocab in _vocabularies(args):
             emb = embedder(vocab)
