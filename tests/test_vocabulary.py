@@ -22,6 +22,7 @@ from dataseg.data import builtin, register_files
 from dataseg.data.register import register_panoptic_dataset, unregister_dataset
 from dataseg.data.register_files import DatasetFileError, register_dataset_files
 from dataseg.engine.defaults import build_cfg
+from dataseg.export import ExportedPredictor, export_model
 from dataseg.predictor import DaTaSegPredictor, predictor_from_args
 from dataseg.text import TextEmbedder
 from dataseg.text.__main__ import main as text_cli
@@ -226,7 +227,11 @@ def test_one_file_through_every_entry_point(tmp_path, tiny, monkeypatch, capsys)
     model = service.predictor.model
     for what, kwargs in (("--vocab", {"vocab": TYPED}), ("--vocab-file", {"vocab_file": file})):
         got[what] = predictor_from_args(cfg, model=model, **kwargs).vocabulary
-    got["DaTaSegPredictor(list)"] = DaTaSegPredictor(cfg, vocabulary=LINES, model=model).vocabulary
+    predictor = DaTaSegPredictor(cfg, vocabulary=LINES, model=model)
+    got["DaTaSegPredictor(list)"] = predictor.vocabulary
+    # export: the classes baked into the graph, as the exported model's predictor reads them
+    export_model(predictor, tmp_path / "export", (64, 64), torchscript=False)
+    got["export"] = ExportedPredictor(tmp_path / "export").vocabulary
     for what, vocab in got.items():
         assert vocab.class_synonyms == CLASSES, what
         assert vocab.is_thing == THINGS, what
