@@ -36,6 +36,11 @@ class VocabularyBank:
             task: Optional[str] = None) -> None:
         """Installs (or overrides) a vocabulary; rows are L2-normalised here. ``task`` (optional)
         is the task inputs of this vocabulary default to when they carry no ``"task"``."""
+        self._added.pop(name, None)
+        self._install(name, embeddings, is_thing, task)
+
+    def _install(self, name: str, embeddings, is_thing, task: Optional[str],
+                 key: Optional[str] = None) -> None:
         emb = torch.as_tensor(embeddings, dtype=torch.float32)
         thing = torch.as_tensor(is_thing, dtype=torch.bool).flatten()
         if emb.dim() != 2 or emb.shape[0] == 0:
@@ -48,7 +53,10 @@ class VocabularyBank:
             raise ValueError(f"vocabulary '{name}': {thing.numel()} is_thing flags for "
                              f"{emb.shape[0]} classes")
         self._vocab[name] = (F.normalize(emb, dim=1), thing)
-        self._keys.pop(name, None)
+        if key is None:
+            self._keys.pop(name, None)
+        else:
+            self._keys[name] = key
         if task:
             self._task[name] = task
         else:
@@ -80,9 +88,8 @@ class VocabularyBank:
 
     def _load(self, name: str) -> None:
         vocab = self.vocabulary(name)
-        task = self._task.get(name)
-        self.set(name, self.embedder(vocab), vocab.is_thing, task=task)
-        self._keys[name] = vocab.key
+        self._install(name, self.embedder(vocab), vocab.is_thing, self._task.get(name),
+                      key=vocab.key)
 
     def is_embedded(self, vocabulary: Vocabulary) -> bool:
         """True when serving ``vocabulary`` needs no text encoder: it is embedded in this bank,
