@@ -10,8 +10,9 @@ nothing of the project (``tests/test_vocabulary.py`` checks it).
 
 Vocabulary syntax (every entry point reads it here: datasets files' ``class_names`` /
 ``categories``, the builtin names files, ``python -m dataseg.text --names/--names-file``,
-``demo/demo.py --vocab/--vocab-file``, ``DaTaSegPredictor(vocabulary=)``, the web demo's
-vocabulary field, ``MODEL.DATASEG.TEST.VOCABULARY_FILE/_CLASSES``)::
+``demo/demo.py`` and ``tools/export_model.py`` ``--vocab/--vocab-file``,
+``DaTaSegPredictor(vocabulary=)``, the web demo's vocabulary field,
+``MODEL.DATASEG.TEST.VOCABULARY_FILE/_CLASSES``)::
 
     # a comment line; blank lines are skipped
     car | automobile          one class: synonyms separated by '|' ...
@@ -22,8 +23,9 @@ vocabulary field, ``MODEL.DATASEG.TEST.VOCABULARY_FILE/_CLASSES``)::
 - **Classes** are separated by new lines (a file: one class a line) or by ``;`` (a typed line:
   ``car|automobile; wall, brick wall; grass|lawn:stuff; person``). A typed line with ``,`` but
   no ``;`` is refused with a line saying what to write: ``,`` separated classes there before.
+  (One class with ``,`` synonyms typed alone: end it with ``;``, or use ``|``.)
 - **Synonyms** of a class are separated by ``|`` or ``,``; the first is the class name. Names
-  are stripped; a name cannot contain ``|``, ``,`` or ``;``, nor start with ``#``.
+  are stripped; a name cannot contain ``|``, ``,``, ``;`` or ``:``, nor start with ``#``.
 - **Marks**: ``:stuff`` (amorphous, one segment per class in panoptic output) or ``:thing`` at
   the end of a class; unmarked classes are things. A vocabulary without any mark says nothing
   about thing/stuff (``things_given`` False): a semantic dataset's classes are then stuff.
@@ -45,8 +47,6 @@ __all__ = ["Vocabulary", "VocabularyError", "parse_vocabulary", "read_vocabulary
 
 SOURCES = ("dataset", "file", "typed", "list")
 STUFF_MARK, THING_MARK = "stuff", "thing"
-CLASS_SEPARATORS = ("\n", ";")
-SYNONYM_SEPARATORS = ("|", ",")
 
 
 class VocabularyError(ValueError):
