@@ -3,9 +3,16 @@
 Every key has a comment. Values the paper does not give follow Mask2Former's public defaults
 and say so ("M2F default").
 """
+import logging
+from typing import Optional, Union
+
 from detectron2.config import CfgNode as CN
 
 from .text import DEFAULT_TEMPLATES
+from .vocabulary import Vocabulary, parse_vocabulary, read_vocabulary
+
+logger = logging.getLogger(__name__)
+_WARNED = set()
 
 
 def per_train_dataset(cfg, key, default):
@@ -18,6 +25,34 @@ def per_train_dataset(cfg, key, default):
         raise ValueError(f"cfg.DATASETS.{key} has {len(values)} entries but DATASETS.TRAIN has "
                          f"{n}: give one per training dataset or none")
     return values
+
+
+def default_vocabulary_from_cfg(cfg) -> Union[Vocabulary, str]:
+    """What inputs without "dataset_name" use at test time: the ``Vocabulary`` of
+    MODEL.DATASEG.TEST.VOCABULARY_FILE or _CLASSES, else the name of a registered dataset
+    (TEST.VOCABULARY_DATASET, the deprecated TEST.VOCABULARY, else the first of DATASETS.TEST),
+    else "". Setting more than one of these keys is an error naming them."""
+    test = cfg.MODEL.DATASEG.TEST
+    given = [k for k in ("VOCABULARY_DATASET", "VOCABULARY_FILE", "VOCABULARY_CLASSES",
+                         "VOCABULARY") if test.get(k, "")]
+    if len(given) > 1:
+        raise ValueError("MODEL.DATASEG.TEST: set only one of "
+                         f"{', '.join('TEST.' + k for k in given)}")
+    if test.get("VOCABULARY_FILE", ""):
+        return read_vocabulary(test.VOCABULARY_FILE)
+    if test.get("VOCABULARY_CLASSES", ""):
+        return parse_vocabulary(test.VOCABULARY_CLASSES,
+                                where="MODEL.DATASEG.TEST.VOCABULARY_CLASSES")
+    name: Optional[str] = test.get("VOCABULARY_DATASET", "")
+    if not name and test.get("VOCABULARY", ""):
+        name = test.VOCABULARY
+        if name not in _WARNED:
+            _WARNED.add(name)
+            logger.warning("MODEL.DATASEG.TEST.VOCABULARY is deprecated: write "
+                           "MODEL.DATASEG.TEST.VOCABULARY_DATASET %s", name)
+    if name:
+        return str(name)
+    return str(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else ""
 
 
 def add_dataseg_config(cfg):
@@ -113,8 +148,15 @@ def add_dataseg_config(cfg):
     # Force one task for every test set ("" = each dataset's own task from its metadata).
     cfg.MODEL.DATASEG.TEST.TASK = ""
     # --- Inference for inputs without "dataset_name" (DefaultPredictor, demo, export). ---
-    # Registered dataset whose vocabulary (and, when TEST.TASK is "", task) such inputs use
-    # ("" = the first of DATASETS.TEST; empty both = such inputs raise, naming this key).
+    # At most one of the three (default_vocabulary_from_cfg reads them). A registered dataset
+    # whose vocabulary (and, when TEST.TASK is "", task) such inputs use ("" = the first of
+    # DATASETS.TEST; all empty = such inputs raise, naming this key):
+    cfg.MODEL.DATASEG.TEST.VOCABULARY_DATASET = ""
+    # Or a vocabulary given directly (syntax: dataseg/vocabulary.py): a file ...
+    cfg.MODEL.DATASEG.TEST.VOCABULARY_FILE = ""
+    # ... or typed classes, e.g. "car|automobile; grass:stuff" (task: TEST.TASK or panoptic).
+    cfg.MODEL.DATASEG.TEST.VOCABULARY_CLASSES = ""
+    # Deprecated name of VOCABULARY_DATASET (still read, with a warning).
     cfg.MODEL.DATASEG.TEST.VOCABULARY = ""
 
     # Dataset-specific (D-S) modules (paper Table 5), each a switch added to the shared model;

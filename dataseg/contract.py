@@ -1,4 +1,5 @@
-"""DaTaSeg's dataset contract in one module that imports nothing of the project.
+"""DaTaSeg's dataset contract in one module that imports nothing of the project but the
+vocabulary type (``dataseg/vocabulary.py``, itself importing nothing).
 
 The allowed tasks, evaluator types and augmentation presets, and ``get_dataset_info(name)``,
 which reads and validates a registered dataset's metadata into a ``DatasetInfo``.
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from detectron2.data import MetadataCatalog
+
+from .vocabulary import Vocabulary
 
 __all__ = ["TASKS", "EVALUATOR_TYPES", "AUGMENTATION_PRESETS", "DatasetInfo", "get_dataset_info"]
 
@@ -43,6 +46,11 @@ class DatasetInfo:
     @property
     def class_names(self) -> List[str]:
         return [names[0] for names in self.class_synonyms]
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The dataset's classes as a ``Vocabulary`` (source "dataset", origin its name)."""
+        return Vocabulary(self.class_synonyms, self.is_thing, source="dataset", origin=self.name)
 
 
 def get_dataset_info(name: str) -> DatasetInfo:

@@ -30,13 +30,13 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from detectron2.data import transforms as T
-from detectron2.data.catalog import Metadata
 from torch import nn
 
-from dataseg.data.dataset_info import visualizer_fields
 from dataseg.modeling.dataset_specific import model_dataset_index
 from dataseg.modeling.meta_arch import postprocess_logits, preprocess_images
+from dataseg.predictor import vocabulary_metadata
 from dataseg.utils.atomic import atomic_write, atomic_write_bytes
+from dataseg.vocabulary import Vocabulary
 
 __all__ = ["ExportableNetwork", "export_model", "ExportedPredictor", "ONNX_OPSET",
            "compare_with_eager", "default_export_size"]
@@ -120,7 +120,7 @@ def export_model(predictor, output_dir: Union[str, Path], size: Tuple[int, int],
         "pixel_std": model.pixel_std.flatten().tolist(), "input_format": cfg.INPUT.FORMAT,
         "min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
         "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST), "task": predictor.task,
-        "class_synonyms": predictor.vocabulary.class_synonyms,
+        "class_synonyms": [list(s) for s in predictor.vocabulary.class_synonyms],
         "is_thing": [bool(x) for x in is_thing.tolist()],
         "postprocess": model.postprocess_settings(), "onnx_opset": ONNX_OPSET,
         "dataset_specific": specific,
@@ -173,12 +173,10 @@ class ExportedPredictor:
         self.input_format = self.info["input_format"]
         self.aug = T.ResizeShortestEdge([self.info["min_size_test"]] * 2,
                                         self.info["max_size_test"])
-        names = [s[0] for s in self.info["class_synonyms"]]
-        ids = {k + 1: k for k in range(len(names))}
-        self.metadata = Metadata(name="dataseg_exported", is_thing=self.info["is_thing"],
-                                 class_synonyms=self.info["class_synonyms"],
-                                 **visualizer_fields(names),
-                                 stuff_dataset_id_to_contiguous_id=ids)
+        # the classes baked in, as the one Vocabulary type (dataseg/vocabulary.py)
+        self.vocabulary = Vocabulary(self.info["class_synonyms"], self.info["is_thing"],
+                                     source="file", origin=str(export_dir / "model.json"))
+        self.metadata = vocabulary_metadata(self.vocabulary, "dataseg_exported")
 
     def run_network(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(1, 3, H, W) normalised padded images -> (pred_logits, pred_masks) tensors."""

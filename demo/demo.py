@@ -1,14 +1,15 @@
 """DaTaSeg demo: segment images or a video with any vocabulary, write drawings and files.
 
     python demo/demo.py --config-file configs/quickstart.yaml --input "imgs/*.jpg" \\
-        --output out/ --vocab "cat, sofa|couch, grass:stuff" --task panoptic \\
+        --output out/ --vocab "cat; sofa|couch; grass:stuff" --task panoptic \\
         --opts MODEL.WEIGHTS output/quickstart/model_final.pth
 
 Detectron2's demo options (--config-file, --input files/globs/folders, --output folder,
---video-input, --confidence-threshold, --opts KEY VALUE ... last) plus the vocabulary:
---vocab TEXT (classes ',', synonyms '|', ':stuff' marks stuff), --vocab-file FILE (one class a
-line), --dataset NAME (a registered dataset's vocabulary) or none (MODEL.DATASEG.TEST.VOCABULARY,
-else the first of DATASETS.TEST); --task semantic|panoptic|instance.
+--video-input, --confidence-threshold, --opts KEY VALUE ... last) plus the vocabulary, in the
+syntax of dataseg/vocabulary.py: --vocab TEXT (classes ';', synonyms '|' or ',', ':stuff' marks
+stuff), --vocab-file FILE (one class a line), --dataset NAME (a registered dataset's
+vocabulary) or none (the config's: MODEL.DATASEG.TEST.VOCABULARY_DATASET/_FILE/_CLASSES, else
+the first of DATASETS.TEST); --task semantic|panoptic|instance.
 
 --scale S draws at S times the image size (Detectron2 Visualizer's scale; default: 1, or an
 integer upscale for images under 384 px so labels stay in proportion to the picture).
@@ -62,8 +63,9 @@ def get_parser():
                         "size); default: 1, or the integer upscale that brings an image's "
                         "shorter side to 384 px (at most 2048 px long)")
     vocab = p.add_argument_group("vocabulary (at most one; default: the config's)")
-    vocab.add_argument("--vocab", help='classes, e.g. "cat, sofa|couch, grass:stuff"')
-    vocab.add_argument("--vocab-file", help="one class a line, synonyms '|', ':stuff' marks")
+    vocab.add_argument("--vocab", help='classes, e.g. "cat; sofa|couch; grass:stuff"')
+    vocab.add_argument("--vocab-file",
+                       help="one class a line, synonyms '|' or ',', ':stuff' marks, # comments")
     vocab.add_argument("--dataset", help="a registered dataset's vocabulary")
     vocab.add_argument("--modules-from", metavar="DATASET",
                        help="a model with dataset-specific (Table 5) modules: the dataset whose "

@@ -109,7 +109,7 @@ def test_dataset_specific_export_without_or_with_unknown_dataset_is_one_clear_er
 @pytest.mark.parametrize("args,what", [
     ([], "--dataset NAME"),
     (["--dataset", "synth_sem_val"], "synth_sem_val"),
-    (["--vocab", "cat, grass:stuff"], "--dataset NAME"),
+    (["--vocab", "cat; grass:stuff"], "--dataset NAME"),
 ])
 def test_export_tool_on_dataset_specific_model_without_dataset(ds_predictor, tmp_path, capsys,
                                                                args, what):
@@ -146,15 +146,15 @@ def test_run_time_vocabulary_on_dataset_specific_model_needs_modules_from(ds_pre
     _, cfg, p = ds_predictor
     image = _images(1)[0]
     with pytest.raises(ValueError) as e:
-        DaTaSegPredictor(cfg, vocabulary="circle, square, grass:stuff", model=p.model)
+        DaTaSegPredictor(cfg, vocabulary="circle; square; grass:stuff", model=p.model)
     assert "\n" not in str(e.value) and "modules_from" in str(e.value)
     assert all(d in str(e.value) for d in DATASETS)
     with pytest.raises(ValueError, match="synth_sem_val"):
-        DaTaSegPredictor(cfg, vocabulary="circle, square", model=p.model,
+        DaTaSegPredictor(cfg, vocabulary="circle; square", model=p.model,
                          modules_from="synth_sem_val")
     outs = {}
     for owner in ("synth_pan_train", "synth_sem_train"):
-        q = DaTaSegPredictor(cfg, vocabulary="circle, square, grass:stuff", model=p.model,
+        q = DaTaSegPredictor(cfg, vocabulary="circle; square; grass:stuff", model=p.model,
                              modules_from=owner, task="semantic")
         outs[owner] = q(image)["sem_seg"]
         x = q.preprocess(image)

@@ -83,7 +83,7 @@ def test_demo_segments_every_kind_and_skips_the_broken_file(tiny_config, tmp_pat
     names = _write_inputs(tmp_path / "in")
     rc = _load(REPO / "demo" / "demo.py").main([
         "--config-file", str(tiny_config), "--input", str(tmp_path / "in"),
-        "--output", str(tmp_path / "out"), "--vocab", "cat, grass:stuff",
+        "--output", str(tmp_path / "out"), "--vocab", "cat; grass:stuff",
         "--task", "semantic"])
     text = capsys.readouterr()
     assert rc == 1

@@ -26,8 +26,8 @@ from dataseg.predictor import (
     DaTaSegPredictor,
     VocabularyError,
     as_vocabulary,
-    load_vocabulary_file,
     parse_vocabulary,
+    read_vocabulary,
 )
 from dataseg.text import embed_vocabulary, text_encoder_kwargs_from_cfg
 
@@ -65,23 +65,27 @@ def _val_images(n=3, name="synth_pan_val"):
 
 # --------------------------------------------------------------- vocabulary text
 def test_parse_vocabulary_synonyms_and_stuff_marks(tmp_path):
-    v = parse_vocabulary(" cat , sofa | couch,grass : stuff, tree:thing")
-    assert v.class_synonyms == [["cat"], ["sofa", "couch"], ["grass"], ["tree"]]
-    assert v.is_thing == [True, True, False, True]
+    v = parse_vocabulary(" cat ; sofa | couch;grass : stuff; tree:thing")
+    assert v.class_synonyms == (("cat",), ("sofa", "couch"), ("grass",), ("tree",))
+    assert v.is_thing == (True, True, False, True)
     f = tmp_path / "v.txt"
     f.write_text("# my classes\ncat\n\nsofa|couch\ngrass:stuff\n")
-    assert load_vocabulary_file(f) == parse_vocabulary("cat,sofa|couch,grass:stuff")
+    assert read_vocabulary(f).key == parse_vocabulary("cat;sofa|couch;grass:stuff").key
     v = as_vocabulary(["cat", ["sofa", "couch"], "grass"], stuff=["COUCH", "grass"])
-    assert v.is_thing == [True, False, False]
-    for bad, match in (("", "empty"), ("cat,,dog", "item 2"), ("cat,dog:solid", ":solid"),
-                       ("cat,kitty|cat", "already used"), ("a|", "empty class name")):
+    assert v.is_thing == (True, False, False)
+    for bad, match in (("", "empty"), ("cat,,dog", "separate classes with ';'"),
+                       ("cat;dog:solid", ":solid"),
+                       ("cat; Cat", "class name 'Cat' twice: class 1 and class 2"),
+                       ("a|", "empty name")):
         with pytest.raises(VocabularyError, match=match):
             parse_vocabulary(bad)
+    # a synonym may repeat another class's synonym, not its name (ADE shares "screen")
+    assert len(parse_vocabulary("screen door|screen; blind|screen")) == 2
     f.write_text("# nothing\n\n")
     with pytest.raises(VocabularyError, match="v.txt.*empty"):
-        load_vocabulary_file(f)
+        read_vocabulary(f)
     with pytest.raises(VocabularyError, match="not a class"):
-        as_vocabulary("cat,dog", stuff=["grass"])
+        as_vocabulary("cat;dog", stuff=["grass"])
 
 
 # --------------------------------------------------------------- DefaultPredictor
@@ -92,7 +96,7 @@ def test_default_predictor_each_task(trained, task, keys):
     _, cfg = trained
     cfg = cfg.clone()
     cfg.MODEL.DATASEG.TEST.TASK = task
-    cfg.MODEL.DATASEG.TEST.VOCABULARY = "synth_pan_val"
+    cfg.MODEL.DATASEG.TEST.VOCABULARY_DATASET = "synth_pan_val"
     image = cv2.imread(_val_images(1)[0])
     image = cv2.resize(image, (80, 56))  # not the training size, not square
     out = DefaultPredictor(cfg)(image)
@@ -158,7 +162,7 @@ def test_predictor_with_a_vocabulary_the_checkpoint_never_saw(trained):
     assert all(s["isthing"] == (s["category_id"] != 2) for s in infos)
     assert p.metadata.thing_classes == ["zebra", "sofa", "lawn"]
     model = p.model
-    p.set_vocabulary("dog, tree:stuff, sky|heaven:stuff, road:stuff", task="semantic")
+    p.set_vocabulary("dog; tree:stuff; sky|heaven:stuff; road:stuff", task="semantic")
     assert p.model is model  # no rebuild
     assert p(image)["sem_seg"].shape[0] == 4
     p.use_dataset("synth_pan_val")
@@ -194,7 +198,7 @@ def test_visualizer_names_things_listed_in_the_middle(trained, tmp_path):
     _, cfg = trained
     seg, infos = _two_segment_panoptic()
     image = np.zeros((40, 60, 3), np.uint8)
-    p = DaTaSegPredictor(cfg, vocabulary="sky:stuff, dog, road:stuff")
+    p = DaTaSegPredictor(cfg, vocabulary="sky:stuff; dog; road:stuff")
     registered = "t_vis_things_middle"
     register_panoptic_dataset(registered, tmp_path, tmp_path, tmp_path / "x.json",
                               [{"id": 5, "name": "sky", "isthing": 0},
@@ -228,7 +232,7 @@ def test_demo_on_a_folder_writes_every_file_and_skips_bad_inputs(trained, tmp_pa
     opts = ["--opts", "MODEL.DEVICE", "cpu"]  # the last option, as in Detectron2's demo
     out = tmp_path / "pan"
     rc = demo.main(["--config-file", str(config), "--input", str(folder), "--output", str(out),
-                    "--vocab", "zebra, sofa|couch, lawn:stuff", "--task", "panoptic",
+                    "--vocab", "zebra; sofa|couch; lawn:stuff", "--task", "panoptic",
                     "--confidence-threshold", "0.0"] + opts)
     text = capsys.readouterr()
     assert rc == 1

@@ -13,7 +13,7 @@ from PIL import Image
 from dataseg.outputs import PredictionWriter, draw_predictions, draw_scale
 from dataseg.predictor import parse_vocabulary, vocabulary_metadata
 
-META = vocabulary_metadata(parse_vocabulary("grass:stuff, sky:stuff"), "t_outputs_draw")
+META = vocabulary_metadata(parse_vocabulary("grass:stuff; sky:stuff"), "t_outputs_draw")
 
 
 def _semantic(size: int) -> dict:
@@ -88,7 +88,7 @@ def test_coco_image_entries_name_the_input_and_its_size_not_the_drawing(tmp_path
     masks = torch.zeros(1, 40, 60, dtype=torch.bool)
     masks[0, 5:30, 5:20] = True
     inst.pred_masks = masks
-    meta = vocabulary_metadata(parse_vocabulary("cat, grass:stuff"), "t_outputs_coco")
+    meta = vocabulary_metadata(parse_vocabulary("cat; grass:stuff"), "t_outputs_coco")
     writer = PredictionWriter(tmp_path, meta)
     writer.write("a", image, {"instances": inst}, source="photos/a.png")
     writer.write("b", image, {"instances": inst})

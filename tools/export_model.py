@@ -50,8 +50,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config-file", default="configs/quickstart.yaml", metavar="FILE")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--vocab", help='classes, e.g. "cat, sofa|couch, grass:stuff"')
-    p.add_argument("--vocab-file", help="one class a line")
+    p.add_argument("--vocab", help='classes (syntax: dataseg/vocabulary.py), e.g. '
+                   '"cat; sofa|couch; grass:stuff"')
+    p.add_argument("--vocab-file", help="a vocabulary file: one class a line")
     p.add_argument("--dataset", help="a registered dataset's vocabulary (and, for a model "
                    "with dataset-specific modules, whose modules to bake in: required there)")
     p.add_argument("--task", choices=("semantic", "panoptic", "instance"))

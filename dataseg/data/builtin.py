@@ -16,6 +16,7 @@ from typing import List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..vocabulary import VocabularyError, read_vocabulary, vocabulary_from_categories
 from .register import (
     register_box_dataset,
     register_instance_dataset,
@@ -48,6 +49,7 @@ def _read_vocabulary(name: str) -> tuple:
     for k, c in enumerate(cats):
         if not isinstance(c, dict) or not {"id", "name", "isthing"} <= set(c):
             raise ValueError(f"{path}: categories[{k}] needs keys 'id', 'name', 'isthing'")
+    vocabulary_from_categories(cats, str(path))  # names and duplicates: the one rule
     return tuple(json.dumps(c) for c in cats)
 
 
@@ -58,20 +60,6 @@ def load_vocabulary(name: str) -> List[dict]:
 
 def class_synonyms(categories: List[dict]) -> List[List[str]]:
     return [[c["name"]] + list(c.get("synonyms", [])) for c in categories]
-
-
-def read_names_file(path) -> List[List[str]]:
-    """One class per line, synonyms comma-separated (the format prepare scripts write)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"class names file not found: {path}")
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        names = [n.strip() for n in line.split(",") if n.strip()]
-        if not names:
-            raise ValueError(f"{path} line {i}: empty class name")
-        out.append(names)
-    return out
 
 
 def default_root(root: Optional[str] = None) -> Path:
@@ -175,11 +163,11 @@ def _pascal_context_459(root: Path):
                      **paths)
         return
     try:  # a malformed names file must not break `import dataseg`: checked before registering
-        class_names = read_names_file(names_file)
+        class_names = read_vocabulary(names_file)  # the one reader (dataseg/vocabulary.py)
         if len(class_names) != PASCAL_CONTEXT_459_CLASSES:
             raise ValueError(f"{names_file}: expected {PASCAL_CONTEXT_459_CLASSES} class names "
                              f"(one per line), found {len(class_names)}")
-    except ValueError as e:
+    except (ValueError, VocabularyError) as e:
         _unavailable(name, f"cannot register 459 classes: {e}", error=RuntimeError,
                      evaluator_type="sem_seg", **paths)
         return

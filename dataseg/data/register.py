@@ -6,7 +6,9 @@ until the dataset is used) and sets the complete metadata contract of docs/DESIG
 (SemSegEvaluator, COCOPanopticEvaluator, COCOEvaluator) work on it.
 
 ``categories`` is a list of ``{"id": dataset category id, "name": str, "isthing": 0/1,
-"synonyms": [str] (optional)}``; contiguous ids follow the list order.
+"synonyms": [str] (optional)}``; contiguous ids follow the list order. A semantic dataset's
+``class_names`` is a ``dataseg.vocabulary.Vocabulary`` or a list of classes in its syntax. Two
+classes with one name (case-insensitively) are refused, naming both positions.
 
 Registering a name twice is an error; pass ``replace=True`` to re-register (the synthetic world
 does), or remove it first with :func:`unregister_dataset`.
@@ -15,6 +17,7 @@ from typing import Callable, List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..vocabulary import Vocabulary, vocabulary_from_categories, vocabulary_from_items
 from .columnar import load_box_dataset
 from .dataset_info import AUGMENTATION_PRESETS, EVALUATOR_TYPES, TASKS, visualizer_fields
 from .loading import load_instance_dicts, load_panoptic_dicts, load_semantic_dicts
@@ -74,6 +77,7 @@ def _normalise_categories(name: str, categories: Sequence[dict], force_thing: bo
         synonyms = [str(s) for s in c.get("synonyms", []) if s and s != c["name"]]
         out.append({"id": cid, "name": c["name"], "synonyms": synonyms,
                     "isthing": 1 if force_thing else int(bool(c.get("isthing", 1)))})
+    vocabulary_from_categories(out, f"dataset '{name}'")  # the duplicate rule
     return out
 
 
@@ -129,7 +133,8 @@ def register_dataset(name: str, task: str, loader: Callable[[], Sequence[dict]],
 
 
 def register_semantic_dataset(name: str, image_root: str, sem_seg_root: str,
-                              class_names: Sequence[Union[str, Sequence[str]]], *,
+                              class_names: Union[Vocabulary, Sequence[Union[str, Sequence[str]]]],
+                              *,
                               image_ext: str = ".jpg", label_ext: str = ".png",
                               ignore_label: int = 255, is_thing: Optional[Sequence[bool]] = None,
                               evaluator_type: Optional[str] = "sem_seg",
@@ -144,25 +149,22 @@ def register_semantic_dataset(name: str, image_root: str, sem_seg_root: str,
     vocabularies such as Pascal Context 459, 16-bit PNGs (mode "I;16", written from a uint16
     array) with ``ignore_label`` e.g. 65535. A label value that is neither a class nor
     ``ignore_label`` is reported by the mappers, naming the file and value.
-    ``class_names``: one name or one list of synonyms (first = display name) per class.
-    ``is_thing`` defaults to all False.
+    ``class_names``: a ``Vocabulary``, or one class per item: a string in the vocabulary
+    syntax (``"sofa | couch"``) or a list of synonyms (first = display name).
+    ``is_thing`` defaults to the vocabulary's ``:stuff``/``:thing`` marks, else all False.
     """
-    if not class_names:
+    if not isinstance(class_names, Vocabulary) and not class_names:
         raise ValueError(f"dataset '{name}': 'class_names' is empty")
     if not len(class_names) <= int(ignore_label) <= MAX_IGNORE_LABEL:
         raise ValueError(
             f"dataset '{name}': ignore_label {ignore_label} must be in [{len(class_names)}, "
             f"{MAX_IGNORE_LABEL}] (values < K = {len(class_names)} are classes; 8-bit label PNGs "
             "allow up to 255 classes with ignore 255, 16-bit PNGs more, e.g. ignore 65535)")
-    synonyms = []
-    for k, c in enumerate(class_names):
-        names = [c] if isinstance(c, str) else list(c)
-        if not names or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(f"dataset '{name}': class_names[{k}] must be a non-empty str or list "
-                             f"of non-empty str, got {c!r}")
-        synonyms.append(names)
+    vocab = class_names if isinstance(class_names, Vocabulary) else vocabulary_from_items(
+        class_names, f"dataset '{name}'", label="class_names")
+    synonyms = [list(s) for s in vocab.class_synonyms]
     if is_thing is None:
-        is_thing = [False] * len(synonyms)
+        is_thing = list(vocab.things_or(False).is_thing)
     if len(is_thing) != len(synonyms):
         raise ValueError(f"dataset '{name}': is_thing has {len(is_thing)} entries, class_names "
                          f"has {len(synonyms)}")

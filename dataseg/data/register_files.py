@@ -16,14 +16,12 @@ of :mod:`dataseg.data.register`, with the same names::
       panoptic_json: coco/panoptic_val2017.json   # categories omitted: the json's own
 
 Vocabularies (``class_names`` of semantic entries, ``categories`` of the others) are inline
-lists or a path to
-
-* a text file: one class a line, synonyms separated by ``|`` or ``, `` (ADE's objectInfo150
-  style, e.g. ``person | individual``); blank lines and lines starting with ``#`` are skipped.
-  For ``categories`` the names are matched to the dataset json's categories (the first name of
-  a line to a json category ``name``), which give the ids and thing/stuff flags.
-* a json file: a list of names / synonym lists / category dicts, or an object with a
-  ``categories`` list (a COCO json, or one of dataseg/data/vocabularies).
+lists or a path to a vocabulary file, both read by ``dataseg.vocabulary`` (the one syntax: one
+class a line, synonyms by ``|`` or ``,``, ``:stuff`` marks, ``#`` comments; json lists or a
+COCO ``categories`` list). For ``categories``, a text file's names are matched to the dataset
+json's categories (the first name of a line to a json category ``name``), which give the ids
+and thing/stuff flags (a ``:stuff``/``:thing`` mark overrides the json's flag). Two classes
+with one name are refused, naming both positions.
 
 ``categories`` may be omitted for panoptic, instance and box entries: the ``categories`` of the
 entry's json are used. Every problem is a :class:`DatasetFileError` naming the file, the entry
@@ -37,15 +35,15 @@ import json
 import logging
 import mmap
 import os
-import re
 from typing import Dict, List, Sequence, Tuple
 
 import yaml
 from detectron2.data import DatasetCatalog
 
+from ..vocabulary import Vocabulary, VocabularyError, read_vocabulary, vocabulary_from_items
 from . import register as _register
 
-__all__ = ["DatasetFileError", "register_dataset_files", "read_dataset_file", "read_vocabulary",
+__all__ = ["DatasetFileError", "register_dataset_files", "read_dataset_file",
            "RegisterDatasetFiles"]
 
 logger = logging.getLogger(__name__)
@@ -64,7 +62,6 @@ VOCAB_KEY = {"semantic": "class_names", "panoptic": "categories", "instance": "c
              "box": "categories"}
 # Above this size a json's categories are found by a scan instead of parsing the whole file.
 _SMALL_JSON_BYTES = 64 << 20
-_SYNONYM_SPLIT = re.compile(r"\s*\|\s*|,\s+")
 
 # name -> absolute path of the datasets file that registered it (in this process).
 _REGISTERED_FROM: Dict[str, str] = {}
@@ -82,37 +79,6 @@ def _allowed_keys(func) -> Tuple[List[str], List[str]]:
             continue
         (required if p.default is p.empty else optional).append(p.name)
     return required, optional
-
-
-def read_vocabulary(path: str) -> List[List[str]]:
-    """Synonym lists (first = display name) of a text vocabulary file (see module doc)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"vocabulary file not found: {path}")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            names = [n.strip() for n in _SYNONYM_SPLIT.split(line) if n.strip()]
-            if not names:
-                raise ValueError(f"{path} line {i}: no class name")
-            out.append(names)
-    if not out:
-        raise ValueError(f"{path}: no classes")
-    return out
-
-
-def _read_json_vocabulary(path: str):
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if isinstance(data, dict):
-        if "categories" not in data:
-            raise ValueError(f"{path}: a json vocabulary is a list or has a 'categories' list")
-        data = data["categories"]
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{path}: the vocabulary must be a non-empty list")
-    return data
 
 
 def json_categories(path: str) -> List[dict]:
@@ -170,46 +136,24 @@ class _Entry:
         return os.path.normpath(os.path.join(os.path.dirname(self.path), value))
 
 
-def _vocabulary_file(entry: _Entry, key: str, value: str):
-    """Reads the vocabulary file an entry names: (path, json items, None) for a .json file,
-    else (path, None, lines of synonyms); an unreadable file is an error naming entry and key."""
-    path = entry.resolve(key, value)
+def _vocabulary(entry: _Entry, key: str, value) -> Vocabulary:
+    """The entry's vocabulary: an inline list or a vocabulary file (``dataseg.vocabulary``);
+    a problem is an error naming the file, entry and key."""
     try:
-        if path.endswith(".json"):
-            return path, _read_json_vocabulary(path), None
-        return path, None, read_vocabulary(path)
-    except (OSError, ValueError) as e:
-        raise entry.error(key, str(e)) from e
+        if isinstance(value, str):
+            return read_vocabulary(entry.resolve(key, value))
+        return vocabulary_from_items(value, entry.where(key), origin=entry.path, label=key)
+    except VocabularyError as e:
+        if isinstance(value, str):
+            raise entry.error(key, str(e)) from e
+        raise DatasetFileError(str(e)) from e
 
 
-def _semantic_vocabulary(entry: _Entry, value, kwargs: dict):
-    key = "class_names"
-    if isinstance(value, str):
-        _, items, lines = _vocabulary_file(entry, key, value)
-        if lines is not None:
-            return lines
-    else:
-        items = value
-    if not isinstance(items, list) or not items:
-        raise entry.error(key, "must be a non-empty list of names or a vocabulary file path")
-    names = []
-    for k, item in enumerate(items):
-        if isinstance(item, dict):  # category dicts from a json vocabulary
-            if not isinstance(item.get("name"), str):
-                raise entry.error(key, f"item {k} has no 'name'")
-            names.append([item["name"]] + [s for s in item.get("synonyms", []) if s])
-            if "is_thing" not in kwargs and "isthing" in item:
-                kwargs.setdefault("_is_thing", []).append(bool(item["isthing"]))
-        elif isinstance(item, str) and item:
-            names.append([n.strip() for n in _SYNONYM_SPLIT.split(item) if n.strip()])
-        elif isinstance(item, list) and item and all(isinstance(n, str) and n for n in item):
-            names.append(list(item))
-        else:
-            raise entry.error(key, f"item {k} must be a name or a list of synonyms, got {item!r}")
-    thing = kwargs.pop("_is_thing", None)
-    if thing is not None and len(thing) == len(names):
-        kwargs["is_thing"] = thing
-    return names
+def _semantic_vocabulary(entry: _Entry, value, kwargs: dict) -> Vocabulary:
+    vocab = _vocabulary(entry, "class_names", value)
+    if "is_thing" in kwargs:
+        return vocab
+    return vocab.things_or(False)  # no mark, no is_thing: stuff, as register_semantic_dataset
 
 
 def _categories(entry: _Entry, task: str, value, kwargs: dict) -> List[dict]:
@@ -223,10 +167,13 @@ def _categories(entry: _Entry, task: str, value, kwargs: dict) -> List[dict]:
                                    f"{e}") from e
         return cats
     if isinstance(value, str):
-        path, value, lines = _vocabulary_file(entry, key, value)
-        if lines is not None:
+        vocab = _vocabulary(entry, key, value)
+        if value.endswith(".json"):
+            value = vocab.categories() if vocab.ids is not None else [
+                {"name": n} for n in vocab.class_names]
+        else:
             try:
-                value = _categories_by_name(path, lines, json_path)
+                value = _categories_by_name(vocab, json_path)
             except (OSError, ValueError) as e:
                 raise entry.error(key, str(e)) from e
     if not isinstance(value, list) or not value:
@@ -350,9 +297,10 @@ class RegisterDatasetFiles:
         return None
 
 
-def _categories_by_name(path: str, lines: List[List[str]], json_path: str) -> List[dict]:
-    """The json's categories named by a text vocabulary (ids from the json, names and synonyms
-    from the file); a name the json lacks is an error with the closest matches."""
+def _categories_by_name(vocab: Vocabulary, json_path: str) -> List[dict]:
+    """The json's categories named by a text vocabulary (ids and flags from the json, names and
+    synonyms from the file, marks from the file when it has any); a name the json lacks is an
+    error with the closest matches."""
     try:
         own = json_categories(json_path)
     except (OSError, ValueError) as e:
@@ -360,12 +308,13 @@ def _categories_by_name(path: str, lines: List[List[str]], json_path: str) -> Li
                          f"categories, but: {e}") from e
     by_name = {str(c.get("name", "")).lower(): c for c in own if isinstance(c, dict)}
     out = []
-    for names in lines:
+    for names, thing in zip(vocab.class_synonyms, vocab.is_thing):
         c = by_name.get(names[0].lower())
         if c is None:
             close = difflib.get_close_matches(names[0].lower(), list(by_name), n=3)
             hint = f" (close: {', '.join(close)})" if close else ""
-            raise ValueError(f"{path}: class '{names[0]}' is not a category of "
+            raise ValueError(f"{vocab.origin}: class '{names[0]}' is not a category of "
                              f"{json_path}{hint}")
-        out.append(dict(c, name=names[0], synonyms=names[1:]))
+        out.append(dict(c, name=names[0], synonyms=list(names[1:]),
+                        **({"isthing": int(thing)} if vocab.things_given else {})))
     return out

@@ -5,8 +5,10 @@ Each batch comes from one dataset (``"dataset_name"``); its vocabulary (frozen t
 and thing flags) comes from a ``VocabularyBank``; the task is the input's ``"task"`` or the
 dataset's metadata task (``cfg.MODEL.DATASEG.TEST.TASK`` overrides it at test time).
 
-At test time an input without ``"dataset_name"`` uses ``MODEL.DATASEG.TEST.VOCABULARY``
-(default: the first of ``DATASETS.TEST``), so ``detectron2.engine.DefaultPredictor`` works.
+At test time an input without ``"dataset_name"`` uses the vocabulary of
+``MODEL.DATASEG.TEST.VOCABULARY_DATASET`` / ``_FILE`` / ``_CLASSES`` (default: the first of
+``DATASETS.TEST``; ``dataseg.config.default_vocabulary_from_cfg``), so
+``detectron2.engine.DefaultPredictor`` works.
 Inference is split in two so that an exported graph and the eager model share the Python
 post-processing: ``network`` (normalised, padded images -> class and mask logits, pure tensors)
 and ``postprocess_logits`` (MERGE + per-task inference in Detectron2's output formats).
@@ -20,9 +22,10 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..config import per_train_dataset
+from ..config import default_vocabulary_from_cfg, per_train_dataset
 from ..contract import TASKS, get_dataset_info
 from ..text import embedding_dim, text_embedder_from_cfg
+from ..vocabulary import Vocabulary
 from .criterion import SetCriterion
 from .merge import merge_for_task
 from .pixel_decoder import build_pixel_decoder
@@ -48,14 +51,6 @@ def text_dim_from_cfg(cfg) -> int:
     if cfg.MODEL.DATASEG.CLASSIFIER.TEXT_DIM > 0:
         return int(cfg.MODEL.DATASEG.CLASSIFIER.TEXT_DIM)
     return int(embedding_dim(cfg.MODEL.TEXT_ENCODER.NAME, cfg.MODEL.TEXT_ENCODER.CLIP_MODEL))
-
-
-def default_vocabulary_from_cfg(cfg) -> str:
-    """MODEL.DATASEG.TEST.VOCABULARY, else the first of DATASETS.TEST, else ""."""
-    name = cfg.MODEL.DATASEG.TEST.VOCABULARY
-    if name:
-        return str(name)
-    return str(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else ""
 
 
 def preprocess_images(images: Sequence[torch.Tensor], pixel_mean: torch.Tensor,
@@ -170,6 +165,11 @@ class DaTaSeg(nn.Module):
         text_dim = text_dim_from_cfg(cfg)
         backbone = build_backbone(cfg)
         pixel_decoder = build_pixel_decoder(cfg, backbone.output_shape())
+        bank = VocabularyBank(text_embedder_from_cfg(cfg), text_dim=text_dim)
+        default = default_vocabulary_from_cfg(cfg)
+        if isinstance(default, Vocabulary):  # TEST.VOCABULARY_FILE / _CLASSES
+            bank.add(f"vocabulary_{default.key}", default)
+            default = f"vocabulary_{default.key}"
         return {
             "backbone": backbone,
             "pixel_decoder": pixel_decoder,
@@ -177,12 +177,12 @@ class DaTaSeg(nn.Module):
                 cfg, in_channels=d.PIXEL_DECODER.CONVS_DIM, text_dim=text_dim),
             "classifier": TextEmbeddingClassifier(cfg, text_dim=text_dim),
             "criterion": SetCriterion(cfg),
-            "vocabulary": VocabularyBank(text_embedder_from_cfg(cfg), text_dim=text_dim),
+            "vocabulary": bank,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": d.SIZE_DIVISIBILITY, "deep_supervision": d.DEEP_SUPERVISION,
             "merge_eps": d.MERGE_EPS, "merge_empty_logit": d.MERGE_EMPTY_LOGIT,
             "dataset_loss_weights": dataset_loss_weights_from_cfg(cfg),
-            "test_task": d.TEST.TASK, "default_vocabulary": default_vocabulary_from_cfg(cfg),
+            "test_task": d.TEST.TASK, "default_vocabulary": default,
             "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
             "instances_per_image": d.TEST.INSTANCES_PER_IMAGE,
@@ -212,7 +212,7 @@ class DaTaSeg(nn.Module):
     # ------------------------------------------------------------------ helpers
     def batch_dataset_name(self, batched_inputs: List[dict]) -> str:
         """The batch's vocabulary: the inputs' ``"dataset_name"``, at test time defaulting to
-        MODEL.DATASEG.TEST.VOCABULARY (or the first of DATASETS.TEST)."""
+        MODEL.DATASEG.TEST.VOCABULARY_DATASET/_FILE/_CLASSES (or the first of DATASETS.TEST)."""
         default = None if self.training else (self.default_vocabulary or None)
         names = {x.get("dataset_name", default) for x in batched_inputs}
         if None in names:
@@ -222,8 +222,9 @@ class DaTaSeg(nn.Module):
                                f"mappers add it); image_ids without it: {missing}")
             raise KeyError("DaTaSeg: inputs without 'dataset_name' (image_ids "
                            f"{missing}) need a default vocabulary: set "
-                           "MODEL.DATASEG.TEST.VOCABULARY (or DATASETS.TEST) to a registered "
-                           "dataset name, or give each input a 'dataset_name'")
+                           "MODEL.DATASEG.TEST.VOCABULARY_DATASET (or DATASETS.TEST) to a "
+                           "registered dataset name, MODEL.DATASEG.TEST.VOCABULARY_FILE or "
+                           "_CLASSES to a vocabulary, or give each input a 'dataset_name'")
         if len(names) != 1:
             raise ValueError(f"DaTaSeg: a batch must come from one dataset, got {sorted(names)}")
         return names.pop()
@@ -314,7 +315,7 @@ class DaTaSeg(nn.Module):
         """Detectron2 inputs -> losses (training) or per-image results (eval).
 
         Each input: "image" (3, H, W) in cfg.INPUT.FORMAT; optional "height"/"width" (output
-        size), "dataset_name" (vocabulary; default MODEL.DATASEG.TEST.VOCABULARY at test time),
+        size), "dataset_name" (vocabulary; default MODEL.DATASEG.TEST.VOCABULARY_* at test time),
         "task"; training inputs also "instances". Eval returns a list of dicts as
         ``postprocess_logits`` does.
         """

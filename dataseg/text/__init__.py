@@ -2,7 +2,9 @@
 
 ``embed_vocabulary`` encodes every class as the mean over its synonyms x prompt templates of
 L2-normalised sentence embeddings, L2-normalised again, and caches the result on disk so that a
-cache hit never loads the encoder.
+cache hit never loads the encoder. A ``TextEmbedder`` (one encoder setting) embeds a
+``dataseg.vocabulary.Vocabulary`` and answers whether it is already in the cache
+(``is_cached``): callers never build cache paths.
 """
 import logging
 import os
@@ -11,6 +13,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from ..vocabulary import Vocabulary
 from . import cache as _cache
 from .encoders import ENCODERS, embedding_dim, encoder_identity, load_encoder
 
@@ -26,7 +29,10 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "{}")
 
 
 def normalize_synonyms(class_synonyms) -> List[List[str]]:
-    """Validates ``list[list[str]]`` (a bare string counts as one synonym); names are stripped."""
+    """Validates ``list[list[str]]`` (a bare string counts as one synonym) or takes a
+    ``Vocabulary``'s classes; names are stripped."""
+    if isinstance(class_synonyms, Vocabulary):
+        class_synonyms = class_synonyms.class_synonyms
     if isinstance(class_synonyms, str) or not isinstance(class_synonyms, Sequence):
         raise TypeError(f"class_synonyms must be a list of lists of names, got "
                         f"{type(class_synonyms).__name__}")
@@ -111,15 +117,29 @@ def text_encoder_kwargs_from_cfg(cfg) -> dict:
 
 
 class TextEmbedder:
-    """Text embeddings with one fixed encoder setting: ``embedder(class_synonyms) -> (K, D)``
+    """Text embeddings with one fixed encoder setting: ``embedder(vocabulary) -> (K, D)``
     (``embed_vocabulary`` with these keyword arguments: cached on disk, encoder loaded on a
-    cache miss only). What the model's vocabulary bank is given at build time."""
+    cache miss only). What the model's vocabulary bank is given at build time.
+    ``vocabulary``: a ``Vocabulary`` (or its ``class_synonyms``)."""
 
     def __init__(self, **embed_kwargs):
         self.embed_kwargs = dict(embed_kwargs)
 
-    def __call__(self, class_synonyms) -> torch.Tensor:
-        return embed_vocabulary(class_synonyms, **self.embed_kwargs)
+    def __call__(self, vocabulary) -> torch.Tensor:
+        return embed_vocabulary(vocabulary, **self.embed_kwargs)
+
+    def cache_key(self, vocabulary) -> str:
+        """The cache entry's key: the encoder identity, the templates and the classes."""
+        return cache_entry_path(vocabulary, **self.embed_kwargs).stem
+
+    def cache_path(self, vocabulary):
+        """Where the vocabulary's embeddings are (or will be) stored."""
+        return cache_entry_path(vocabulary, **self.embed_kwargs)
+
+    def is_cached(self, vocabulary) -> bool:
+        """True when embedding ``vocabulary`` needs no text encoder (a complete cache entry)."""
+        path = cache_entry_path(vocabulary, **self.embed_kwargs)
+        return path.is_file() and path.with_suffix(".json").is_file()
 
     def __repr__(self) -> str:
         return f"TextEmbedder({self.embed_kwargs})"

@@ -3,7 +3,7 @@
 Used by the browser test and to make the README's screenshot:
 
     python -m dataseg.web.browser --url http://127.0.0.1:7860 --image IMG \
-        --vocab "person, car, grass*" --task panoptic --screenshot docs/web_demo.png
+        --vocab "person; car; grass:stuff" --task panoptic --screenshot docs/web_demo.png
 
 No browser is downloaded: Playwright is pointed at the Chromium that ``scripts/install.sh``
 installs from the system's packages (Debian: ``apt-get install chromium``); ``DATASEG_CHROMIUM``
@@ -51,7 +51,7 @@ class DemoPage:
     """A headless Chromium on the demo page, reused for several runs::
 
         with DemoPage(url) as page:
-            result = page.segment(image, vocab="cat, grass:stuff", task="panoptic")
+            result = page.segment(image, vocab="cat; grass:stuff", task="panoptic")
     """
 
     def __init__(self, url: str, timeout_s: float = 120.0, viewport=(1280, 820)):

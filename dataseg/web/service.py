@@ -4,9 +4,10 @@ One ``SegmentationService`` owns one loaded model (``DaTaSegPredictor``) for the
 server. Requests are checked against ``Limits`` before any work starts (each failure is a
 ``RequestError`` with an HTTP status and a message meant for a person), then go through a
 ``Gate``: one runs, at most ``Limits.max_queue`` wait, any more are answered "busy" at once
-instead of piling up. Text embeddings come from the on-disk cache of ``dataseg.text`` when the
-vocabulary was seen before; a first-seen vocabulary is embedded once (``embed``), which the page
-shows as a separate step.
+instead of piling up. A request's vocabulary is a ``dataseg.vocabulary.Vocabulary`` (typed in
+the one syntax of ``dataseg/vocabulary.py``, or a registered dataset's); the predictor answers
+whether its text embeddings are at hand (the text cache says so itself), and a first-seen
+vocabulary is embedded once (``embed``), which the page shows as a separate step.
 """
 import base64
 import io
@@ -29,16 +30,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dataseg.data.dataset_info import get_dataset_info
 from dataseg.outputs import PredictionWriter, draw_predictions
-from dataseg.predictor import (
-    DaTaSegPredictor,
-    VocabularyError,
-    parse_vocabulary,
-    stretch_to_uint8,
-)
-from dataseg.predictor import Vocabulary as PredictorVocabulary
-from dataseg.text import cache_entry_path, embed_vocabulary, text_encoder_kwargs_from_cfg
+from dataseg.predictor import DaTaSegPredictor, stretch_to_uint8
+from dataseg.vocabulary import Vocabulary, VocabularyError, parse_vocabulary
 
-__all__ = ["WEB_TASKS", "Limits", "RequestError", "Vocabulary", "Gate", "SegmentationService",
+__all__ = ["WEB_TASKS", "Limits", "RequestError", "Gate", "SegmentationService",
            "decode_image", "list_vocabulary_datasets", "example_images_from_cfg"]
 
 logger = logging.getLogger(__name__)
@@ -67,35 +62,6 @@ class Limits:
     max_classes: int = 300                     # a vocabulary with more classes is refused (400)
     max_queue: int = 1                         # requests that may wait behind the running one
     results_kept: int = 16                     # result downloads kept in memory (oldest dropped)
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """The vocabulary of one request: typed (``source`` "typed", parsed by
-    ``dataseg.predictor.parse_vocabulary``) or a registered dataset's (``source`` its name)."""
-
-    classes: PredictorVocabulary
-    source: str
-
-    @property
-    def dataset(self) -> Optional[str]:
-        return None if self.source == "typed" else self.source
-
-    @property
-    def names(self) -> List[str]:
-        return self.classes.class_names
-
-    @property
-    def is_thing(self) -> List[bool]:
-        return self.classes.is_thing
-
-    @property
-    def class_synonyms(self) -> List[List[str]]:
-        return self.classes.class_synonyms
-
-    def as_json(self) -> List[dict]:
-        return [{"name": s[0], "synonyms": list(s), "isthing": bool(t)}
-                for s, t in zip(self.class_synonyms, self.is_thing)]
 
 
 class Gate:
@@ -207,7 +173,7 @@ def example_images_from_cfg(cfg, limit: int = 8) -> List[Path]:
 
 def _segments(outputs: dict, task: str, vocab: Vocabulary, threshold: float) -> List[dict]:
     """The legend / JSON rows: id, label, score, area (pixels), isthing, for each segment."""
-    names = vocab.names
+    names = vocab.class_names
     rows = []
     if task == "semantic":
         scores = outputs["sem_seg"].float()
@@ -267,14 +233,14 @@ class SegmentationService:
         self.default_task = cfg.MODEL.DATASEG.TEST.TASK or "panoptic"
         if self.default_task not in WEB_TASKS:
             self.default_task = "panoptic"
-        self._text_kwargs = text_encoder_kwargs_from_cfg(cfg)
         self.gate = Gate(limits.max_queue)
         self._results: OrderedDict[str, bytes] = OrderedDict()
         self._results_lock = threading.Lock()
         start = time.perf_counter()
-        # modules_from: which dataset-specific (Table 5) copies serve typed vocabularies
+        # modules_from: which dataset-specific (Table 5) copies serve typed vocabularies; the
+        # placeholder vocabulary is never embedded (each request sets its own)
         self.predictor = DaTaSegPredictor(cfg, vocabulary=["object"], task=self.default_task,
-                                          modules_from=modules_from)
+                                          modules_from=modules_from, embed_now=False)
         self._current: Optional[Tuple[Vocabulary, str]] = None
         logger.info("model loaded in %.1f s (%s)", time.perf_counter() - start,
                     cfg.MODEL.WEIGHTS or "no weights")
@@ -321,17 +287,17 @@ class SegmentationService:
             except KeyError:
                 raise RequestError(400, f"unknown dataset '{dataset}': choose one of the "
                                         "registered datasets (GET /api/info lists them)") from None
-            vocab = Vocabulary(PredictorVocabulary(info.class_synonyms, info.is_thing), dataset)
+            vocab = info.vocabulary
         else:
             if not vocab_text:
-                raise RequestError(400, "empty vocabulary: type class names separated by "
-                                        "commas (e.g. 'cat, sofa|couch, grass:stuff'), or "
-                                        "choose a dataset")
+                raise RequestError(400, "empty vocabulary: type class names separated by ';' "
+                                        "(e.g. 'cat; sofa|couch; grass:stuff'), or choose a "
+                                        "dataset")
             if len(vocab_text) > self.limits.max_vocab_chars:
                 raise RequestError(400, f"vocabulary too long: {len(vocab_text)} characters; the "
                                         f"limit is {self.limits.max_vocab_chars}")
             try:
-                vocab = Vocabulary(parse_vocabulary(vocab_text), "typed")
+                vocab = parse_vocabulary(vocab_text)
             except VocabularyError as e:
                 raise RequestError(400, str(e)) from e
         if len(vocab.class_synonyms) > self.limits.max_classes:
@@ -343,8 +309,7 @@ class SegmentationService:
         """True when the vocabulary's text embeddings need no text encoder (in use or on disk)."""
         if self._current is not None and self._current[0] == vocab:
             return True
-        path = cache_entry_path(vocab.class_synonyms, **self._text_kwargs)
-        return path.is_file() and path.with_suffix(".json").is_file()
+        return self.predictor.is_embedded(vocab)
 
     def embed(self, vocab: Vocabulary) -> dict:
         """Embeds a first-seen vocabulary into the on-disk cache (no-op when cached)."""
@@ -352,7 +317,7 @@ class SegmentationService:
         start = time.perf_counter()
         if not cached:
             with self.gate():
-                embed_vocabulary(vocab.class_synonyms, **self._text_kwargs)
+                self.predictor.embed(vocab)
         return {"classes": vocab.as_json(), "cached": cached,
                 "seconds": round(time.perf_counter() - start, 3)}
 
@@ -360,10 +325,7 @@ class SegmentationService:
     def _use(self, vocab: Vocabulary, task: str) -> None:
         if self._current == (vocab, task):
             return
-        if vocab.dataset:
-            self.predictor.use_dataset(vocab.dataset, task=task)
-        else:
-            self.predictor.set_vocabulary(vocab.classes, task=task)
+        self.predictor.set_vocabulary(vocab, task=task)
         self._current = (vocab, task)
 
     def segment(self, data: bytes, filename: str, vocab: Vocabulary, task: str) -> dict:
@@ -388,11 +350,11 @@ class SegmentationService:
         self._keep(result_id, self._zip_files(rgb, outputs, metadata, filename, vis))
         t3 = time.perf_counter()
         logger.info("segmented %s (%dx%d, %s, %d classes): %d segments in %.2f s", filename,
-                    rgb.shape[1], rgb.shape[0], task, len(vocab.names), len(segments), t3 - t0)
+                    rgb.shape[1], rgb.shape[0], task, len(vocab), len(segments), t3 - t0)
         return {"task": task,
                 "image": {"height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
                           "resized_from": resized_from},
-                "vocabulary": {"source": vocab.source, "classes": vocab.as_json(),
+                "vocabulary": {"source": vocab.dataset or "typed", "classes": vocab.as_json(),
                                "cached": cached},
                 "segments": segments,
                 "visualization_png_base64": base64.b64encode(_png_bytes(vis)).decode("ascii"),

@@ -14,9 +14,9 @@ from dataseg.data.register import unregister_dataset
 from dataseg.data.register_files import (
     DatasetFileError,
     RegisterDatasetFiles,
-    read_vocabulary,
     register_dataset_files,
 )
+from dataseg.vocabulary import read_vocabulary
 
 COCO_CATS = [{"id": 3, "name": "car", "isthing": 1}, {"id": 7, "name": "road", "isthing": 0}]
 
@@ -85,8 +85,8 @@ def test_one_entry_of_each_task_with_file_vocabularies(layout):
 def test_vocabulary_file_synonym_separators(tmp_path):
     f = tmp_path / "v.txt"
     f.write_text("wall\nbuilding, edifice\nsky|heaven\nfloor | flooring , ground\n")
-    assert read_vocabulary(str(f)) == [["wall"], ["building", "edifice"], ["sky", "heaven"],
-                                       ["floor", "flooring", "ground"]]
+    assert read_vocabulary(str(f)).class_synonyms == (
+        ("wall",), ("building", "edifice"), ("sky", "heaven"), ("floor", "flooring", "ground"))
 
 
 BAD = [

@@ -83,7 +83,7 @@ def test_trained_checkpoint_needs_no_vit_file(world, tmp_path):
                                                                       resume=False)
     assert torch.equal(_patch(model), trained[PATCH_KEY])
     cfg.defrost()
-    cfg.MODEL.DATASEG.TEST.VOCABULARY = "synth_pan_val"
+    cfg.MODEL.DATASEG.TEST.VOCABULARY_DATASET = "synth_pan_val"
     image = cv2.imread(DatasetCatalog.get("synth_pan_val")[0]["file_name"])
     assert "panoptic_seg" in DefaultPredictor(cfg)(image)
 

@@ -75,14 +75,14 @@ def test_chromium_is_installed():
 
 def test_page_segments_an_uploaded_image(browser_page, tiny_demo, tmp_path):
     # seen by no other test of the session: the page must embed it first
-    vocab = "person, automobile|car, kite, sheep, sky:stuff, lawn:stuff, sea:stuff"
+    vocab = "person; automobile|car; kite; sheep; sky:stuff; lawn:stuff; sea:stuff"
     shot = tmp_path / "page.png"
     result = browser_page.segment(tiny_demo.images[0], vocab=vocab, task="semantic",
                                   screenshot=shot)
     assert result["state"] == "done" and result["error"] == "", result
     assert result["overlay_src"].startswith("data:image/png;base64,")
     assert result["legend"], "no legend rows"
-    names = {n.split("|")[0].split(":")[0].strip() for n in vocab.split(",")}
+    names = {n.split("|")[0].split(":")[0].strip() for n in vocab.split(";")}
     for row in result["legend"]:
         assert row["label"] in names and row["area"] > 0
         assert row["kind"] == ("stuff" if row["label"] in ("sky", "lawn", "sea") else "thing")

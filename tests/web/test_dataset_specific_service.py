@@ -6,8 +6,8 @@ from engine_helpers import QUICKSTART, tiny_opts
 
 from dataseg.data.synthetic import ensure_generated, register_synthetic_world
 from dataseg.engine.defaults import build_cfg
-from dataseg.predictor import parse_vocabulary
-from dataseg.web.service import SegmentationService, Vocabulary
+from dataseg.vocabulary import parse_vocabulary
+from dataseg.web.service import SegmentationService
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_typed_vocabulary_on_dataset_specific_model(tmp_path):
         image = next((tmp_path / "world").rglob("*.jpg"))
         ok, data = cv2.imencode(".png", cv2.imread(str(image)))
         answer = service.segment(data.tobytes(), "a.png",
-                                 Vocabulary(parse_vocabulary("circle, grass:stuff"), "typed"),
+                                 parse_vocabulary("circle; grass:stuff"),
                                  "semantic")
         assert answer["task"] == "semantic", sorted(answer)
     finally:

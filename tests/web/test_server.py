@@ -19,7 +19,7 @@ from dataseg.outputs import draw_scale
 from dataseg.text import cache_entry_path, text_encoder_kwargs_from_cfg
 from dataseg.web.service import Limits, decode_image
 
-VOCAB = "person, automobile|car, sheep, kite, sky:stuff, lawn:stuff"
+VOCAB = "person; automobile|car; sheep; kite; sky:stuff; lawn:stuff"
 VOCAB_NAMES = {"person", "automobile", "sheep", "kite", "sky", "lawn"}
 
 
@@ -123,7 +123,7 @@ def test_dataset_vocabulary(demo_server, tiny_demo):
 
 
 def test_first_seen_vocabulary_is_embedded_once_then_cached(demo_server, tiny_demo):
-    vocab = f"zebra, tram|streetcar, meadow:stuff, sample {uuid.uuid4().hex[:6]}"
+    vocab = f"zebra; tram|streetcar; meadow:stuff; sample {uuid.uuid4().hex[:6]}"
     status, _, check = post(demo_server.url + "/vocabulary", fields={"vocab": vocab})
     assert status == 200 and check["cached"] is False
     assert [c["isthing"] for c in check["classes"]] == [True, True, False, True]
@@ -185,7 +185,7 @@ def _bad_requests(image_bytes):
                                      fields={"vocab": "x" * 401, "task": "panoptic"}),
          400, "limit"),
         ("too many classes", dict(files={"image": ("a.jpg", image_bytes)},
-                                  fields={"vocab": ",".join(f"c{i}" for i in range(21)),
+                                  fields={"vocab": ";".join(f"c{i}" for i in range(21)),
                                           "task": "panoptic"}), 400, "21 classes"),
         ("unknown dataset", dict(files={"image": ("a.jpg", image_bytes)},
                                  fields={"dataset": "no_such_set", "task": "panoptic"}),

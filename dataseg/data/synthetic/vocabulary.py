@@ -62,8 +62,10 @@ STUFF_KINDS = tuple(k.key for k in KINDS if not k.isthing)
 
 
 @dataclass(frozen=True)
-class Vocabulary:
-    """The classes of one dataset: contiguous id i <-> world kind ``kinds[i]``."""
+class DomainVocabulary:
+    """The classes of one synthetic dataset: contiguous id i <-> world kind ``kinds[i]`` (the
+    generator's table; registration hands ``categories()`` to ``dataseg.data.register``, which
+    makes the one ``dataseg.vocabulary.Vocabulary`` of it)."""
 
     domain: str
     kinds: Tuple[str, ...]
@@ -87,13 +89,14 @@ class Vocabulary:
         return {k: i for i, k in enumerate(self.kinds)}
 
 
-def vocabulary(domain: str, things_only: bool = False) -> Vocabulary:
+def vocabulary(domain: str, things_only: bool = False) -> DomainVocabulary:
     """The vocabulary of a dataset family; things first, then stuff (COCO order)."""
     if domain not in DOMAINS:
         raise ValueError(f"unknown synthetic domain {domain!r}; expected one of {DOMAINS}")
     kinds = [k for k in KINDS if k.name_in(domain) is not None and (k.isthing or not things_only)]
-    return Vocabulary(domain, tuple(k.key for k in kinds), tuple(k.name_in(domain) for k in kinds),
-                      tuple(k.isthing for k in kinds))
+    return DomainVocabulary(domain, tuple(k.key for k in kinds),
+                            tuple(k.name_in(domain) for k in kinds),
+                            tuple(k.isthing for k in kinds))
 
 
 def scene_kinds(domain: str) -> Tuple[List[str], List[str]]:

@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from .scene import Scene, tight_box
-from .vocabulary import KIND_INDEX, KINDS, Vocabulary
+from .vocabulary import KIND_INDEX, KINDS, DomainVocabulary
 
 JPEG_QUALITY = 92
 
@@ -23,7 +23,7 @@ def save_jpeg(image: np.ndarray, path: Path) -> None:
     Image.fromarray(image).save(path, format="JPEG", quality=JPEG_QUALITY)
 
 
-def kind_to_class_lut(vocab: Vocabulary) -> np.ndarray:
+def kind_to_class_lut(vocab: DomainVocabulary) -> np.ndarray:
     """World-kind index -> contiguous class id (255 for kinds outside the vocabulary)."""
     lut = np.full(len(KINDS), 255, np.uint8)
     for i, kind in enumerate(vocab.kinds):
@@ -31,13 +31,13 @@ def kind_to_class_lut(vocab: Vocabulary) -> np.ndarray:
     return lut
 
 
-def save_semantic(scene: Scene, vocab: Vocabulary, path: Path) -> None:
+def save_semantic(scene: Scene, vocab: DomainVocabulary, path: Path) -> None:
     kinds = scene.kind_map()
     label = np.where(kinds >= 0, kind_to_class_lut(vocab)[np.clip(kinds, 0, None)], 255)
     Image.fromarray(label.astype(np.uint8)).save(path, format="PNG")
 
 
-def panoptic_segments(scene: Scene, vocab: Vocabulary):
+def panoptic_segments(scene: Scene, vocab: DomainVocabulary):
     """(id map HxW int32, segments_info): one segment per thing instance and per stuff class."""
     index = vocab.index_of_kind()
     cat_ids = vocab.category_ids()
@@ -62,13 +62,13 @@ def panoptic_segments(scene: Scene, vocab: Vocabulary):
     return ids, segments
 
 
-def save_panoptic(scene: Scene, vocab: Vocabulary, path: Path) -> List[Dict]:
+def save_panoptic(scene: Scene, vocab: DomainVocabulary, path: Path) -> List[Dict]:
     ids, segments = panoptic_segments(scene, vocab)
     Image.fromarray(id2rgb(ids).astype(np.uint8)).save(path, format="PNG")
     return segments
 
 
-def coco_annotations(scene: Scene, vocab: Vocabulary, image_id: int, first_ann_id: int,
+def coco_annotations(scene: Scene, vocab: DomainVocabulary, image_id: int, first_ann_id: int,
                      with_masks: bool) -> List[Dict]:
     """COCO annotations of the scene's things in the vocabulary (RLE masks if ``with_masks``)."""
     index = vocab.index_of_kind()
@@ -91,7 +91,7 @@ def coco_annotations(scene: Scene, vocab: Vocabulary, image_id: int, first_ann_i
     return anns
 
 
-def coco_categories(vocab: Vocabulary, things_only: bool) -> List[Dict]:
+def coco_categories(vocab: DomainVocabulary, things_only: bool) -> List[Dict]:
     return [{"id": c["id"], "name": c["name"], "isthing": c["isthing"],
              "supercategory": "thing" if c["isthing"] else "stuff"}
             for c in vocab.categories() if c["isthing"] or not things_only]
