@@ -104,6 +104,17 @@ def _short(keys, n=8) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
+def _guess(state) -> str:
+    """What an unrecognised state dict looks like, for the error message."""
+    keys = list(state)
+    if any(k.startswith(("blocks.", "patch_embed.")) or k in ("cls_token", "pos_embed")
+           for k in keys):
+        return "; a ViT?"
+    if any(k.startswith(("backbone.", "pixel_decoder.", "transformer_decoder.")) for k in keys):
+        return "; a DaTaSeg/Detectron2 checkpoint, which needs no conversion?"
+    return ""
+
+
 def detect_layout(keys) -> Optional[str]:
     """"mask2former", "hf_mask2former", "resnet", or None (DaTaSeg's own or unknown)."""
     keys = list(keys)
@@ -145,12 +156,17 @@ def convert_state_dict(state: Dict, filename: str = "<state dict>", model=None,
     its state dict (shapes, presence), keys it lacks are dropped or are an error, and the
     report lists its keys left unfilled.
     """
-    layout = layout or detect_layout(state.keys())
+    found = detect_layout(state.keys())
+    if layout is not None and found != layout:
+        actual = f"it is a {LAYOUTS[found]} one" if found else "its keys are not"
+        raise ConversionError(f"{filename}: given as a {LAYOUTS[layout]} checkpoint but {actual} "
+                              f"({_short(sorted(state), 4)}{_guess(state)})")
+    layout = layout or found
     if layout is None:
         raise ConversionError(f"{filename}: not a Mask2Former checkpoint (neither Mask2Former's "
                               "sem_seg_head.* nor HF's model.pixel_level_module.* keys) nor a "
                               "torchvision/timm ResNet; its keys: "
-                              f"{_short(sorted(state), 4)}")
+                              f"{_short(sorted(state), 4)}{_guess(state)}")
     problem = _backbone_problem(state, layout)
     if problem:
         raise ConversionError(f"{filename}: a {LAYOUTS[layout]} checkpoint that DaTaSeg cannot "

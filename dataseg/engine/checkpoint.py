@@ -12,6 +12,12 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from dataseg.conversion import (  # issue 23: Mask2Former / HF / torchvision / timm layouts
+    ConversionError,
+    ConversionShapeError,
+    convert_loaded_checkpoint,
+    read_weights_file,
+)
 from dataseg.utils.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["AtomicCheckpointer", "CheckpointError", "CheckpointMismatchError",
@@ -151,7 +157,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         """Detectron2's loading; a file it cannot read is a one-line CheckpointReadError."""
         self._loading_path = filename
         try:
-            loaded = super()._load_file(filename)
+            loaded = (read_weights_file(filename) if filename.endswith(".safetensors")  # issue 23
+                      else super()._load_file(filename))
         except Exception as e:
             raise CheckpointReadError(f"cannot load weights file {filename}: "
                                       f"{_unreadable_reason(filename, e)}") from None
@@ -161,7 +168,15 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raise CheckpointReadError(
                 f"cannot load weights file {filename}: not a checkpoint (expected a dict with a "
                 "'model' state dict of tensors, or a state dict)")
-        return loaded
+        # --- issue 23: a Mask2Former / HF transformers / torchvision / timm checkpoint is
+        # converted to DaTaSeg's names here (dataseg/conversion); others pass unchanged ---
+        try:
+            return convert_loaded_checkpoint(loaded, filename, self.model)
+        except ConversionShapeError as e:
+            raise CheckpointMismatchError(str(e)) from None
+        except ConversionError as e:
+            raise CheckpointReadError(str(e)) from None
+        # --- end issue 23 ---
 
     def resume_or_load(self, path, *, resume=True):
         checkpoint = super().resume_or_load(path, resume=resume)

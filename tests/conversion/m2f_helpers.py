@@ -61,7 +61,8 @@ def dataseg_cfg(linear: bool = True, **sizes):
     cfg.MODEL.DEVICE = "cpu"
     r = cfg.MODEL.RESNETS
     r.DEPTH, r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS = 50, s["stem"], s["widths"][0]
-    r.WIDTH_PER_GROUP, r.NUM_GROUPS, r.NORM, r.STRIDE_IN_1X1 = s["widths"][0] // 4, 1, "FrozenBN", False
+    r.WIDTH_PER_GROUP, r.NUM_GROUPS = s["widths"][0] // 4, 1
+    r.NORM, r.STRIDE_IN_1X1 = "FrozenBN", False
     d = cfg.MODEL.DATASEG
     d.HIDDEN_DIM = d.MASK_DIM = d.PIXEL_DECODER.CONVS_DIM = s["hidden"]
     d.NHEADS = d.PIXEL_DECODER.ENC_HEADS = s["heads"]
