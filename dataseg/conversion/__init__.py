@@ -122,6 +122,8 @@ def detect_layout(keys) -> Optional[str]:
         return "mask2former"
     if any(k.startswith(HF_PREFIXES) for k in keys):
         return "hf_mask2former"
+    if any(k.startswith(tuple(p[len("model."):] for p in HF_PREFIXES)) for k in keys):
+        return "hf_mask2former"  # a bare Mask2FormerModel's state dict (no "model." prefix)
     if is_torchvision_resnet(keys):
         return "resnet"
     return None
@@ -178,6 +180,9 @@ def convert_state_dict(state: Dict, filename: str = "<state dict>", model=None,
     if layout == "mask2former":
         out, mapping, unused = convert_mask2former(state, torch.cat)
     elif layout == "hf_mask2former":
+        if not any(k.startswith(HF_PREFIXES) for k in state):
+            state = {(k if k.startswith("class_predictor.") else "model." + k): v
+                     for k, v in state.items()}
         try:
             out, mapping, unused = convert_hf_mask2former(state, torch.cat)
         except KeyError as e:
@@ -224,8 +229,9 @@ def _fit_to_model(out: Dict, report: ConversionReport, model) -> Dict:
 
 
 def read_weights_file(filename: str) -> Dict:
-    """A weights file of any of the layouts -> {"model": {key: array}} (no code runs: pickles
-    of plain arrays, ``torch.load(weights_only=True)``, safetensors)."""
+    """A weights file of any of the layouts -> {"model": {key: array}}: safetensors,
+    ``torch.load(weights_only=True)`` (no code runs), or a ``.pkl`` unpickled as Detectron2
+    reads its pickles (a pickle can run code: only convert files you trust)."""
     if not os.path.isfile(filename):
         raise ConversionError(f"{filename}: no such file")
     size = os.path.getsize(filename)

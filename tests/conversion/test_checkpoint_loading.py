@@ -86,6 +86,18 @@ def test_split_and_fused_projections_convert_to_the_same_weights(hf):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_bare_mask2former_model_state_dict_converts_the_same(hf):
+    """HF's Mask2FormerModel (no segmentation head) saves its keys without "model."."""
+    state = hf.state_dict()
+    bare = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    a, _ = convert_state_dict(state, "hf")
+    b, report = convert_state_dict(bare, "hf-bare")
+    assert report.layout == "hf_mask2former"
+    assert set(a) - set(b) == {"transformer_decoder.class_embed.weight",
+                               "transformer_decoder.class_embed.bias"}
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
 def test_text_classifier_model_drops_class_embed_and_reports_it(hf, tmp_path):
     model = build_model(dataseg_cfg(linear=False)).eval()
     state, report = convert_state_dict(hf.state_dict(), "hf", model)

@@ -24,13 +24,20 @@ M2F_CONFIG = str(REPO / "configs" / "mask2former" / "m2f_r50_coco_panoptic.yaml"
 SYNTH_PAN_CLASSES = 16  # synth_pan_val: 10 things, 6 stuff
 
 
-def test_shipped_config_runs_a_model_zoo_file_with_coco_classes(tmp_path):
-    pkl = tmp_path / "model_final.pkl"
+@pytest.fixture(scope="module")
+def zoo_pkl(tmp_path_factory):
+    pkl = tmp_path_factory.mktemp("zoo") / "model_final.pkl"
     with open(pkl, "wb") as f:
         pickle.dump(synthesized_m2f_checkpoint(seed=1), f)
-    cfg = build_cfg(M2F_CONFIG, ["MODEL.WEIGHTS", str(pkl), "MODEL.DEVICE", "cpu",
-                                 "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
-                                 "MODEL.DATASEG.PIXEL_DECODER.DEFORM_ATTN_IMPL", "pytorch"])
+    return pkl
+
+
+SMALL_TEST = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
+              "MODEL.DATASEG.PIXEL_DECODER.DEFORM_ATTN_IMPL", "pytorch"]
+
+
+def test_shipped_config_runs_a_model_zoo_file_with_coco_classes(zoo_pkl):
+    cfg = build_cfg(M2F_CONFIG, ["MODEL.WEIGHTS", str(zoo_pkl)] + SMALL_TEST)
     p = DaTaSegPredictor(cfg)
     assert p.vocabulary_name == "dataseg_coco_2017_val_panoptic" and p.task == "panoptic"
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
@@ -38,6 +45,22 @@ def test_shipped_config_runs_a_model_zoo_file_with_coco_classes(tmp_path):
     seg, info = out["panoptic_seg"]
     assert tuple(seg.shape) == (60, 80) and out["sem_seg"].shape[0] == 133
     assert all(0 <= s["category_id"] < 133 for s in info)
+
+
+def test_demo_runs_the_shipped_config(zoo_pkl, tmp_path):
+    import importlib.util
+
+    from PIL import Image
+    spec = importlib.util.spec_from_file_location("dataseg_demo", REPO / "demo" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+        tmp_path / "street.png")
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", M2F_CONFIG, "--input", str(tmp_path / "street.png"),
+                    "--output", str(out), "--opts", "MODEL.WEIGHTS", str(zoo_pkl)] + SMALL_TEST)
+    assert rc == 0
+    assert (out / "street.jpg").is_file() and (out / "panoptic" / "street.png").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -203,7 +203,8 @@ def test_instance_equals_hf(hf_logits):
 
 
 def test_panoptic_equals_hf_up_to_documented_rules(hf_logits):
-    """Every pixel's category agrees where both give one. Where only one of them labels a
+    """DaTaSeg follows Mask2Former's rule query by query. Every pixel's category agrees with
+    HF's where both give one. Where only one of them labels a
     pixel, the pixel's owner query (argmax of score x probability, the same in both) is kept
     by one rule and dropped by the other (rule P1: HF measures a query's own area on
     score-weighted probabilities, Mask2Former on probabilities), or it is a won pixel with
@@ -233,13 +234,23 @@ def test_panoptic_equals_hf_up_to_documented_rules(hf_logits):
         both = (ours_cat >= 0) & (hf_cat >= 0)
         labelled += int(both.sum())
         assert torch.equal(ours_cat[both], hf_cat[both])
+        scores, labels = logits[i].softmax(-1).max(-1)
+        keep = (labels != k) & (scores > 0.8)
+        scores, labels = scores[keep], labels[keep]
+        probs = hf_in.masks_queries_logits[i][keep].sigmoid()
+        owner = (scores[:, None, None] * probs).argmax(0)
+        # DaTaSeg = Mask2Former's rule, query by query (written from Mask2Former's
+        # panoptic_inference): a kept query labels exactly its won, confident pixels
+        for q in range(len(scores)):
+            won, confident = owner == q, probs[q] >= 0.5
+            mine = won & confident
+            kept = (bool(mine.any()) and int(confident.sum()) > 0
+                    and int(won.sum()) / int(confident.sum()) >= 0.8)
+            expected = torch.where(mine, labels[q], -1) if kept else torch.full(OUT, -1)
+            assert torch.equal(torch.where(won, ours_cat, -1), expected), q
         differ = (ours_cat >= 0) != (hf_cat >= 0)
         if not differ.any():
             continue
-        scores, labels = logits[i].softmax(-1).max(-1)
-        keep = (labels != k) & (scores > 0.8)
-        scores, probs = scores[keep], hf_in.masks_queries_logits[i][keep].sigmoid()
-        owner = (scores[:, None, None] * probs).argmax(0)
         for q in owner[differ].unique().tolist():
             won, confident = owner == q, probs[q] >= 0.5
             m2f_keeps = (bool((won & confident).any()) and int(confident.sum()) > 0
