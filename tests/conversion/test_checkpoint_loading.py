@@ -232,13 +232,23 @@ def test_resnet_weights_refuse_a_stride_in_1x1_model(tmp_path):
 
 
 # ---------------------------------------------------------------------------- bad files
+def _r50_hidden_128():
+    cfg = _r50_cfg(linear=False)
+    d = cfg.MODEL.DATASEG
+    d.HIDDEN_DIM = d.MASK_DIM = d.PIXEL_DECODER.CONVS_DIM = 128
+    return cfg
+
+
 def test_hidden_size_mismatch_is_one_line_naming_key_and_shapes(zoo_pkl):
-    model = build_model(dataseg_cfg(linear=False))  # hidden 32, checkpoint 256
+    model = build_model(_r50_hidden_128())  # the checkpoint's hidden size is 256
     with pytest.raises(CheckpointMismatchError) as e:
         AtomicCheckpointer(model).load(str(zoo_pkl))
     msg = str(e.value)
+    print(msg)
     assert "\n" not in msg and str(zoo_pkl) in msg
-    assert "has shape" in msg and "but the model built from the config has" in msg
+    assert ("checkpoint key sem_seg_head.pixel_decoder.input_proj.0.0.weight (-> "
+            "pixel_decoder.input_proj.0.0.weight) has shape (256, 2048, 1, 1) but the model "
+            "built from the config has (128, 2048, 1, 1)") in msg
 
 
 def test_truncated_pickle_is_one_line(zoo_pkl, tmp_path):
@@ -301,3 +311,20 @@ def test_tool_writes_a_checkpoint_that_model_weights_loads(hf, tmp_path):
     converted = torch.load(dst, weights_only=True)
     assert "transformer_decoder.class_embed.weight" in converted["model"]
     assert _same_outputs(_load(dataseg_cfg(linear=True), dst), hf)
+
+
+def test_tool_checks_against_a_config(hf, zoo_pkl, tmp_path):
+    config = tmp_path / "small.yaml"
+    config.write_text(dataseg_cfg(linear=True).dump())
+    src = tmp_path / "hf.bin"
+    torch.save(hf.state_dict(), src)
+    code, out, err = _run_tool(src, tmp_path / "ok.pth", "--config-file", config)
+    assert code == 0, err
+    assert "0 dropped, 0 model keys missing" in out
+    # Mask2Former's R50 file (hidden 256) against an R50 config with hidden 128: one line
+    config_128 = tmp_path / "r50_128.yaml"
+    config_128.write_text(_r50_hidden_128().dump())
+    code, out, err = _run_tool(zoo_pkl, tmp_path / "bad.pth", "--config-file", config_128)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "has shape (256, 2048, 1, 1) but the model built from the config has (128, " in err
+    assert not (tmp_path / "bad.pth").exists()
