@@ -15,7 +15,8 @@ BASE_CONFIG = str(REPO / "configs" / "Base-DaTaSeg.yaml")
 
 # small sizes: a ResNet-50-shaped backbone (3, 4, 6, 3 bottlenecks) with narrow widths
 SMALL = {"stem": 16, "widths": (32, 64, 128, 256), "hidden": 32, "ffn": 64, "enc_ffn": 64,
-         "enc_layers": 2, "dec_layers": 3, "heads": 2, "queries": 6, "classes": 5}
+         "enc_layers": 2, "dec_layers": 3, "heads": 2, "queries": 6, "classes": 5,
+         "pre_norm": False}
 
 
 def hf_model(seed: int = 0, split_cross_attn: bool = False, **sizes):
@@ -35,7 +36,7 @@ def hf_model(seed: int = 0, split_cross_attn: bool = False, **sizes):
         mask_feature_size=s["hidden"], hidden_dim=s["hidden"], dim_feedforward=s["ffn"],
         encoder_feedforward_dim=s["enc_ffn"], encoder_layers=s["enc_layers"],
         decoder_layers=s["dec_layers"] + 1, num_attention_heads=s["heads"],
-        num_queries=s["queries"], num_labels=s["classes"])
+        num_queries=s["queries"], num_labels=s["classes"], pre_norm=s["pre_norm"])
     model = Mask2FormerForUniversalSegmentation(config).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -69,6 +70,7 @@ def dataseg_cfg(linear: bool = True, **sizes):
     d.DIM_FEEDFORWARD, d.PIXEL_DECODER.ENC_DIM_FEEDFORWARD = s["ffn"], s["enc_ffn"]
     d.DEC_LAYERS, d.PIXEL_DECODER.ENC_LAYERS = s["dec_layers"], s["enc_layers"]
     d.NUM_OBJECT_QUERIES = s["queries"]
+    d.PRE_NORM = s["pre_norm"]
     d.PIXEL_DECODER.DEFORM_ATTN_IMPL = "pytorch"
     d.CLASSIFIER.TEXT_DIM = 8
     if linear:

@@ -108,6 +108,21 @@ def test_inference_network_agrees_with_last_layer(outputs):
     assert _max_diff(masks, theirs["masks"][-1]) < TOL
 
 
+def test_pre_norm_decoder_agrees():
+    """Mask2Former's PRE_NORM variant (HF pre_norm=True) against DaTaSeg's PRE_NORM."""
+    hf = hf_model(seed=4, pre_norm=True)
+    model = build_model(dataseg_cfg(linear=True, pre_norm=True)).eval()
+    model.load_state_dict(convert_state_dict(hf.state_dict(), "hf-pre-norm", model)[0])
+    x = torch.randn(2, 3, 72, 88, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        feats = model.backbone(x)
+        dec = model.transformer_decoder(*reversed(model.pixel_decoder(feats)), return_aux=True)
+        ref = hf.model(x)
+    ours = [a["pred_masks"] for a in dec["aux_outputs"]] + [dec["pred_masks"]]
+    for a, b in zip(ours, ref.masks_queries_logits, strict=True):
+        assert a.abs().max() > 0.1 and _max_diff(a, b) < TOL
+
+
 def test_a_wrong_conversion_is_caught(pair):
     """Sensitivity: swapping the decoder's q and k projections (a plausible conversion bug)
     moves the outputs far beyond the tolerance."""
