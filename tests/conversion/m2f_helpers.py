@@ -169,3 +169,10 @@ def synthesized_m2f_checkpoint(seed: int = 0, num_classes: int = 133) -> dict:
             a = 1.0 + np.abs(a)
         model[key] = a
     return {"model": model, "__author__": "synthesized for DaTaSeg's tests"}
+
+
+def pairs(a, b):
+    """zip of two sequences that must have the same length (zip(strict=True) needs 3.10)."""
+    a, b = list(a), list(b)
+    assert len(a) == len(b), (len(a), len(b))
+    return list(zip(a, b))

@@ -14,6 +14,7 @@ from m2f_helpers import (
     dataseg_cfg,
     hf_model,
     m2f_r50_coco_panoptic_keys,
+    pairs,
     synthesized_m2f_checkpoint,
 )
 
@@ -217,7 +218,7 @@ def test_imagenet_resnet50_state_dict_through_model_weights(tmp_path, make):
     with torch.no_grad():
         ours = model.backbone(x)
         theirs = _stages(net, x)
-    for name, ref in zip(("res2", "res3", "res4", "res5"), theirs, strict=True):
+    for name, ref in pairs(("res2", "res3", "res4", "res5"), theirs):
         assert (ours[name] - ref).abs().max().item() < 1e-4, name
 
 

@@ -8,7 +8,7 @@ docs/MASK2FORMER_WEIGHTS.md."""
 import pytest
 import torch
 from detectron2.modeling import build_model
-from m2f_helpers import SMALL, dataseg_cfg, hf_model
+from m2f_helpers import SMALL, dataseg_cfg, hf_model, pairs
 
 import dataseg  # noqa: F401
 from dataseg.conversion import convert_state_dict
@@ -74,7 +74,7 @@ def test_conversion_fills_every_key_and_reports_unused(pair):
 
 def test_backbone_features_agree(outputs):
     ours, theirs = outputs
-    for a, b in zip(ours["features"], theirs["features"], strict=True):
+    for a, b in pairs(ours["features"], theirs["features"]):
         assert a.abs().max() > 0.1  # not a vacuous comparison
         assert _max_diff(a, b) < TOL
 
@@ -82,7 +82,7 @@ def test_backbone_features_agree(outputs):
 def test_pixel_decoder_outputs_agree(outputs):
     ours, theirs = outputs
     assert len(ours["multi_scale"]) == len(theirs["multi_scale"]) == 3
-    for a, b in zip(ours["multi_scale"], theirs["multi_scale"], strict=True):
+    for a, b in pairs(ours["multi_scale"], theirs["multi_scale"]):
         assert a.abs().max() > 0.1 and _max_diff(a, b) < TOL
     assert ours["mask_features"].abs().max() > 0.1
     assert _max_diff(ours["mask_features"], theirs["mask_features"]) < TOL
@@ -92,9 +92,9 @@ def test_every_decoder_layer_agrees(outputs):
     ours, theirs = outputs
     # the query prediction + one per attention layer (HF's decoder_layers = DaTaSeg's + 1)
     assert len(ours["masks"]) == len(theirs["masks"]) == SMALL["dec_layers"] + 1
-    for a, b in zip(ours["masks"], theirs["masks"], strict=True):
+    for a, b in pairs(ours["masks"], theirs["masks"]):
         assert a.abs().max() > 0.1 and _max_diff(a, b) < TOL
-    for a, b in zip(ours["classes"], theirs["classes"], strict=True):
+    for a, b in pairs(ours["classes"], theirs["classes"]):
         assert a.shape[-1] == SMALL["classes"] + 1
         assert a.abs().max() > 0.1 and _max_diff(a, b) < TOL
 
@@ -119,7 +119,7 @@ def test_pre_norm_decoder_agrees():
         dec = model.transformer_decoder(*reversed(model.pixel_decoder(feats)), return_aux=True)
         ref = hf.model(x)
     ours = [a["pred_masks"] for a in dec["aux_outputs"]] + [dec["pred_masks"]]
-    for a, b in zip(ours, ref.masks_queries_logits, strict=True):
+    for a, b in pairs(ours, ref.masks_queries_logits):
         assert a.abs().max() > 0.1 and _max_diff(a, b) < TOL
 
 
@@ -190,7 +190,7 @@ def test_semantic_equals_hf(hf_logits):
     ours = _ours(hf_logits, "semantic", torch.zeros(SMALL["classes"], dtype=torch.bool))
     theirs = hf_image_processor().post_process_semantic_segmentation(
         _hf_outputs(logits, masks, padded, sizes), target_sizes=[OUT] * 2)
-    for o, t in zip(ours, theirs, strict=True):
+    for o, t in pairs(ours, theirs):
         assert torch.equal(o["sem_seg"].argmax(0), t)
 
 
@@ -202,7 +202,7 @@ def test_instance_equals_hf(hf_logits):
     theirs = hf_image_processor().post_process_instance_segmentation(
         _hf_outputs(logits, masks, padded, sizes), threshold=0.0, target_sizes=[OUT] * 2,
         return_binary_maps=True)
-    for o, t in zip(ours, theirs, strict=True):
+    for o, t in pairs(ours, theirs):
         inst = o["instances"]
         # rule I1: HF drops empty masks (and scores under its threshold, 0 here)
         keep = inst.pred_masks.flatten(1).any(1)
@@ -213,7 +213,7 @@ def test_instance_equals_hf(hf_logits):
         hers = sorted((s["score"], s["label_id"], maps[i].to(torch.uint8).flatten().tolist())
                       for i, s in enumerate(t["segments_info"]))
         assert len(mine) == len(hers) > 0
-        for a, b in zip(mine, hers, strict=True):
+        for a, b in pairs(mine, hers):
             assert abs(a[0] - b[0]) <= 2e-6 and a[1:] == b[1:]
 
 
@@ -237,7 +237,7 @@ def test_panoptic_equals_hf_up_to_documented_rules(hf_logits):
         label_ids_to_fuse=set(), target_sizes=[OUT] * 2)
     explained = {"P1": 0, "P2": 0}
     labelled = 0
-    for i, (o, t) in enumerate(zip(ours, theirs, strict=True)):
+    for i, (o, t) in enumerate(pairs(ours, theirs)):
         seg, info = o["panoptic_seg"]
         ours_cat = torch.full(OUT, -1)
         for s in info:
