@@ -13,6 +13,7 @@ from m2f_helpers import (
     SMALL,
     dataseg_cfg,
     hf_model,
+    hf_to_mask2former_layout,
     m2f_r50_coco_panoptic_keys,
     pairs,
     synthesized_m2f_checkpoint,
@@ -161,6 +162,24 @@ def test_model_zoo_r50_file_loads_with_no_missing_mask_branch_key(zoo_pkl, linea
                      ("sem_seg_head.predictor.query_embed.weight",
                       "transformer_decoder.query_embed.weight")]:
         assert torch.equal(sd[dst], torch.from_numpy(raw[src])), dst
+
+
+def test_mask2former_layout_file_computes_what_hf_computes(hf, tmp_path):
+    """A Mask2Former-layout pickle of the HF model's weights (its keys and shapes exactly the
+    model-zoo structure at these sizes) loads through MODEL.WEIGHTS into a network that
+    computes HF's outputs: the Mask2Former-layout conversion is checked numerically."""
+    m2f = hf_to_mask2former_layout(hf.state_dict())
+    expected = m2f_r50_coco_panoptic_keys(
+        num_classes=SMALL["classes"], stem=SMALL["stem"], widths=SMALL["widths"],
+        hidden=SMALL["hidden"], enc_layers=SMALL["enc_layers"], heads=SMALL["heads"],
+        enc_ffn=SMALL["enc_ffn"], dec_layers=SMALL["dec_layers"], ffn=SMALL["ffn"],
+        queries=SMALL["queries"])
+    expected.pop("criterion.empty_weight")
+    assert {k: tuple(v.shape) for k, v in m2f.items()} == expected
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": m2f, "__author__": "Mask2Former layout of an HF model"}, f)
+    assert _same_outputs(_load(dataseg_cfg(linear=True), path), hf)
 
 
 # ------------------------------------------------------------------------ ImageNet ResNets
