@@ -59,7 +59,7 @@ def main():
         ["--config-file", str(REPO / "configs" / "quickstart.yaml"),
          "OUTPUT_DIR", args.output_dir]))
     trainer = DaTaSegTrainer(cfg)
-    inner = trainer._trainer
+    inner = trainer.inner
     current_focal = losses._focal_terms
 
     def use(new):
@@ -93,7 +93,7 @@ def compare_channels_last(args):
             ["--config-file", str(REPO / "configs" / "quickstart.yaml"),
              "OUTPUT_DIR", f"{args.output_dir}/cl_{channels_last}",
              "MODEL.DATASEG.CHANNELS_LAST", str(channels_last)]))
-        return DaTaSegTrainer(cfg)._trainer
+        return DaTaSegTrainer(cfg).inner
 
     runs = {True: trainer(True), False: trainer(False)}
     times = {True: [], False: []}

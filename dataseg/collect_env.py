@@ -1,8 +1,8 @@
 """Prints what a bug report needs: ``python -m dataseg.collect_env`` (``--short`` for one block).
 
-Python, torch/torchvision builds, CUDA, which detectron2 (upstream build with compiled ops or the
-v0.6 PyPI sources without them), whether DaTaSeg's CUDA deformable-attention kernel is built, and
-which text encoders can be loaded offline.
+Python, torch/torchvision builds, CUDA, the install's stack and which detectron2 (upstream build
+with compiled ops, or the v0.6 PyPI sources without them), whether DaTaSeg's CUDA
+deformable-attention kernel is built, and which text encoders can be loaded offline.
 """
 import argparse
 import importlib
@@ -18,6 +18,33 @@ def _version(module_name):
         return f"unavailable ({type(e).__name__}: {e})"
 
 
+def _detectron2_origin():
+    """Where pip installed detectron2 from (``direct_url.json``: a git commit, an archive or
+    folder), or None."""
+    import json
+    from importlib import metadata
+
+    try:
+        text = metadata.distribution("detectron2").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return None
+    if not text:
+        return None
+    info = json.loads(text)
+    commit = info.get("vcs_info", {}).get("commit_id")
+    return f"{info.get('url')}@{commit}" if commit else info.get("url")
+
+
+def detectron2_stack():
+    """"main" (Detectron2 built with its compiled ops, as scripts/install.sh's main stack),
+    "legacy" (the v0.6 PyPI sources with DaTaSeg's stand-in for the ops), or "none"."""
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return "none"
+    return "legacy" if getattr(_C, "DATASEG_STUB", False) else "main"
+
+
 def detectron2_info():
     """Returns (description, compiled_ops_present)."""
     try:
@@ -30,10 +57,13 @@ def detectron2_info():
         return f"{detectron2.__version__} without compiled ops (no detectron2._C)", False
     if getattr(_C, "DATASEG_STUB", False):
         return (f"{detectron2.__version__} from the PyPI v0.6 sources (pb1-detectron2, upstream "
-                "commit d1e04565), no compiled ops: deform conv, rotated boxes and fast COCOeval "
-                "raise Detectron2OpUnavailableError"), False
-    origin = importlib.util.find_spec("detectron2._C").origin
-    return f"{detectron2.__version__} with compiled ops ({origin})", True
+                "commit d1e04565), no compiled ops: deform conv, rotated boxes and Detectron2's "
+                "fast COCOeval raise Detectron2OpUnavailableError"), False
+    where = importlib.util.find_spec("detectron2._C").origin
+    origin = _detectron2_origin()
+    if origin:
+        where += f"; installed from {origin}"
+    return f"{detectron2.__version__} with compiled ops ({where})", True
 
 
 def dataseg_kernel_info():
@@ -67,6 +97,9 @@ def collect_env():
         ("torchvision", _version("torchvision")),
         ("CUDA available", f"{torch.cuda.is_available()}"
          + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")),
+        ("stack", {"main": "main (Detectron2 main with compiled ops)",
+                   "legacy": "legacy (Detectron2 v0.6 sources, no compiled ops)",
+                   "none": "none (no usable detectron2)"}[detectron2_stack()]),
         ("detectron2", detectron2_info()[0]),
         ("dataseg", _version("dataseg")),
         ("dataseg CUDA deformable attention", dataseg_kernel_info()),

@@ -1,69 +1,147 @@
 #!/usr/bin/env bash
-# Installs DaTaSeg and every dependency, pinned, into the active Python environment.
+# Installs DaTaSeg and every dependency, at locked versions, into the active Python environment.
 #
-#   python -m venv .venv && . .venv/bin/activate && bash scripts/install.sh
+#   python3 -m venv .venv && . .venv/bin/activate && bash scripts/install.sh
 #
+# Python 3.10 to 3.13. It picks the newest stack the machine can have (docs/INSTALL.md), and
+# says which, before downloading anything:
+#   main    Detectron2 main at the commit in requirements/detectron2.txt, built here with its
+#           compiled ops (CPU always; CUDA too when torch sees a GPU or DATASEG_BUILD_CUDA=1),
+#           from github.com, or from the source archive in DETECTRON2_SOURCE; numpy 2, Pillow 11+
+#           and the newest releases of the rest (requirements/locks/main-py<X.Y>.txt).
+#   legacy  the last fallback, Python <= 3.11 only: Detectron2 v0.6's Python sources from PyPI
+#           (hash-checked), without compiled ops, numpy 1.23 and the 2021 pins they need
+#           (requirements/locks/legacy-py<X.Y>.txt).
 # Idempotent: a second run finds everything installed and downloads nothing.
+#
 # Environment variables:
 #   PYTHON                 interpreter to install into (default: python)
-#   DATASEG_CACHE          where the detectron2 source archive is kept (default ~/.cache/dataseg)
-#   DATASEG_BUILD_CUDA     auto (default) | 1 (force the CUDA kernel) | 0 (never build it)
+#   DETECTRON2_SOURCE      a Detectron2 source archive or folder of the commit in
+#                          requirements/detectron2.txt, for machines without github.com
+#   DATASEG_STACK          auto (default) | main | legacy: force a stack (an impossible one fails)
+#   DATASEG_CACHE          where the v0.6 source archive is kept (default ~/.cache/dataseg)
+#   DATASEG_BUILD_CUDA     auto (default) | 1 (force the CUDA builds) | 0 (never build CUDA code)
+#   DATASEG_D2_FROM_GIT=0  do not try github.com (no network probe)
+#   DATASEG_INSTALL_PLAN=1 print the chosen stack and lock file, install nothing
 #   DATASEG_REINSTALL=1    re-run the editable install of this project (e.g. after kernel edits)
+#   DATASEG_REINSTALL_D2=1 rebuild Detectron2 main although one with compiled ops is installed
 #   DATASEG_SKIP_BROWSER=1 do not install Chromium (only the web demo's browser test needs it)
-#   DETECTRON2_GIT_REF     when github.com is reachable, detectron2 is installed from its
-#                          repository at this tag or commit (with its compiled ops) instead of
-#                          the v0.6 PyPI sources. Default: the tag v0.6 (commit d1e04565).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac  # checks cd /
 CACHE="${DATASEG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dataseg}"
-CONSTRAINTS="$ROOT/requirements/constraints.txt"
-D2_URL="https://files.pythonhosted.org/packages/60/26/48f5bbb7ee492696a21da23303daeecdfe3942c498a70d34108acf63b2bd/pb1-detectron2-0.6.tar.gz"
-D2_SHA256="5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-D2_REF="${DETECTRON2_GIT_REF:-v0.6}"
+REQ="$ROOT/requirements"
+d2_value() { sed -n "s/^$1=//p" "$REQ/detectron2.txt"; }
+D2_COMMIT="$(d2_value commit)"
+D2_REPO="$(d2_value repository)"
+LEGACY_URL="$(d2_value legacy_url)"
+LEGACY_SHA256="$(d2_value legacy_sha256)"
 
 # --isolated: ignore the machine's pip config (its find-links offers a CPU-only torch wheel
 # for which no torchvision build exists).
 pip_install() { "$PY" -m pip --isolated --disable-pip-version-check install "$@"; }
 say() { printf '\n==> %s\n' "$*"; }
+die() { printf 'scripts/install.sh: %s\n' "$*" >&2; exit 1; }
 
-"$PY" - <<'EOF'
+PYVER="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+    || die "cannot run '$PY' (set PYTHON, or activate a virtual environment)"
+case "$PYVER" in
+    3.10|3.11|3.12|3.13) ;;
+    *) die "Python $PYVER is not supported: DaTaSeg installs on Python 3.10 to 3.13" ;;
+esac
+OLD_PYTHON=0
+case "$PYVER" in 3.10|3.11) OLD_PYTHON=1 ;; esac
+
+# Which Detectron2 is installed now: "main" (compiled ops), "legacy" (v0.6 with DaTaSeg's
+# stand-in for the ops, current version) or "" (none, or one to replace).
+STUB_VERSION="$(sed -n 's/^STUB_VERSION = //p' "$ROOT/scripts/detectron2_C_stub.py")"
+installed_detectron2() {
+    (cd / && "$PY" - "$STUB_VERSION" 2>/dev/null <<'EOF'
 import sys
-if sys.version_info < (3, 9):
-    sys.exit(f"DaTaSeg needs Python >= 3.9, found {sys.version.split()[0]}")
+try:
+    from detectron2 import _C
+except Exception:
+    sys.exit(0)
+stub = getattr(_C, "STUB_VERSION", None)
+if stub is None:
+    print("main")
+elif str(stub) == sys.argv[1]:
+    print("legacy")
 EOF
+    ) || true
+}
+github_reachable() {
+    [ "${DATASEG_D2_FROM_GIT:-auto}" != "0" ] && timeout 20 git ls-remote "$D2_REPO" >/dev/null 2>&1
+}
+
+# ---------------------------------------------------------------- choose the stack (no download)
+WANT="${DATASEG_STACK:-auto}"
+HAVE="$(installed_detectron2)"
+D2_FROM=""
+case "$WANT" in auto|main|legacy) ;; *) die "DATASEG_STACK=$WANT: expected auto, main or legacy" ;; esac
+if [ "$WANT" = "legacy" ]; then
+    [ "$OLD_PYTHON" = 1 ] || die "DATASEG_STACK=legacy needs Python 3.11 or older (Detectron2 v0.6 needs numpy<1.24, which has no wheels for Python $PYVER)"
+    STACK=legacy
+elif [ -n "${DETECTRON2_SOURCE:-}" ]; then
+    [ -e "$DETECTRON2_SOURCE" ] || die "DETECTRON2_SOURCE=$DETECTRON2_SOURCE: no such file or folder"
+    STACK=main D2_FROM="$(cd "$(dirname "$DETECTRON2_SOURCE")" && pwd)/$(basename "$DETECTRON2_SOURCE")"
+elif [ "$HAVE" = "main" ] && [ "${DATASEG_REINSTALL_D2:-0}" != "1" ]; then
+    STACK=main
+elif github_reachable; then
+    STACK=main D2_FROM="git+$D2_REPO@$D2_COMMIT"
+elif [ "$WANT" = "main" ]; then
+    die "DATASEG_STACK=main: github.com cannot be reached and DETECTRON2_SOURCE is not set: download $D2_REPO/archive/$D2_COMMIT.tar.gz on a machine that can, then run DETECTRON2_SOURCE=/path/to/it bash scripts/install.sh"
+elif [ "$OLD_PYTHON" = 1 ]; then
+    STACK=legacy
+else
+    die "Python $PYVER needs Detectron2 main, and neither github.com nor DETECTRON2_SOURCE can provide it here: download $D2_REPO/archive/$D2_COMMIT.tar.gz on a machine that can, then run DETECTRON2_SOURCE=/path/to/it bash scripts/install.sh (or use Python 3.11, where the Detectron2 v0.6 fallback installs from PyPI)"
+fi
+LOCK="$REQ/locks/$STACK-py$PYVER.txt"
+[ -f "$LOCK" ] || die "no lock for the $STACK stack on Python $PYVER ($LOCK): write it with 'python scripts/lock.py --stack $STACK --python $PYVER'"
+if [ "$STACK" = "main" ]; then
+    say "stack: main (Python $PYVER, Detectron2 main ${D2_COMMIT:0:7} with compiled ops, numpy 2; $(basename "$LOCK"))"
+else
+    say "stack: legacy (Python $PYVER, Detectron2 v0.6 Python sources WITHOUT compiled ops, numpy 1.23; $(basename "$LOCK"))"
+    echo "Detectron2 main cannot be had here (github.com unreachable, DETECTRON2_SOURCE unset${DATASEG_STACK:+, DATASEG_STACK=$DATASEG_STACK}): this is the 2021 fallback. Set DETECTRON2_SOURCE to a source archive of $D2_REPO at ${D2_COMMIT:0:7} for the main stack."
+fi
+if [ "${DATASEG_INSTALL_PLAN:-0}" = "1" ]; then
+    echo "plan: stack=$STACK python=$PYVER lock=${LOCK#"$ROOT"/} detectron2=${D2_FROM:-${HAVE:-v0.6 sources}}"
+    exit 0
+fi
 
 say "torch and torchvision (matching PyPI builds)"
-pip_install -c "$CONSTRAINTS" torch torchvision
+pip_install -c "$LOCK" -r "$REQ/torch.txt"
 
-say "pinned dependencies"
-pip_install -c "$CONSTRAINTS" -r "$ROOT/requirements/base.txt"
-# These packages pin versions they do not need (panopticapi-lite: pillow>=10.4) or pull in
-# numpy 2 (sentence-transformers); their code works with the pins above, so no deps.
-pip_install --no-deps -r "$ROOT/requirements/nodeps.txt"
+say "locked dependencies"
+EXTRA=()
+[ "$STACK" = "legacy" ] && EXTRA=(-r "$REQ/legacy.txt")
+pip_install -c "$LOCK" -r "$REQ/base.txt" "${EXTRA[@]}"
+# Installed without their declared dependencies (see the file), hash-checked.
+pip_install --no-deps -r "$REQ/nodeps.txt"
 
 say "detectron2"
-# Up to date: detectron2 0.6 with real compiled ops, or with the current version of our stand-in.
-STUB_VERSION="$(sed -n 's/^STUB_VERSION = //p' "$ROOT/scripts/detectron2_C_stub.py")"
-if (cd / && "$PY" -c "
-import sys, detectron2
-from detectron2 import _C
-ok = detectron2.__version__.startswith('0.6') and getattr(_C, 'STUB_VERSION', $STUB_VERSION) == $STUB_VERSION
-sys.exit(0 if ok else 1)" 2>/dev/null); then
-    echo "detectron2 $("$PY" -c 'import detectron2; print(detectron2.__version__)') already installed"
-elif [ "${DATASEG_D2_FROM_GIT:-auto}" != "0" ] && timeout 20 git ls-remote https://github.com/facebookresearch/detectron2 >/dev/null 2>&1; then
-    echo "github.com reachable: detectron2 from its repository at $D2_REF (with compiled ops)"
-    pip_install --no-build-isolation "git+https://github.com/facebookresearch/detectron2@$D2_REF"
+if [ "${DATASEG_BUILD_CUDA:-auto}" = "1" ]; then export FORCE_CUDA=1; fi
+if [ "$STACK" = "main" ]; then
+    if [ "$HAVE" = "main" ] && [ "${DATASEG_REINSTALL_D2:-0}" != "1" ]; then
+        echo "Detectron2 with compiled ops already installed (DATASEG_REINSTALL_D2=1 rebuilds it)"
+    else
+        echo "building Detectron2 from ${D2_FROM:?} (compiled ops: a few minutes)"
+        MAX_JOBS="${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)}" \
+            pip_install --no-build-isolation --no-deps "$D2_FROM"
+    fi
+elif [ "$HAVE" = "legacy" ]; then
+    echo "Detectron2 v0.6 (Python sources, no compiled ops) already installed"
 else
-    echo "github.com unreachable: detectron2 v0.6 Python sources from PyPI (pb1-detectron2), no compiled ops"
+    echo "Detectron2 v0.6 Python sources from PyPI (pb1-detectron2), no compiled ops"
     mkdir -p "$CACHE"
     ARCHIVE="$CACHE/pb1-detectron2-0.6.tar.gz"
     if [ ! -f "$ARCHIVE" ]; then
-        "$PY" -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2] + '.part')" "$D2_URL" "$ARCHIVE"
+        "$PY" -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2] + '.part')" "$LEGACY_URL" "$ARCHIVE"
         mv "$ARCHIVE.part" "$ARCHIVE"
     fi
-    echo "$D2_SHA256  $ARCHIVE" | sha256sum -c - || { rm -f "$ARCHIVE"; echo "sha256 mismatch: removed $ARCHIVE, run again" >&2; exit 1; }
+    echo "$LEGACY_SHA256  $ARCHIVE" | sha256sum -c - || { rm -f "$ARCHIVE"; die "sha256 mismatch: removed $ARCHIVE, run again"; }
     WORK="$(mktemp -d)"
     trap 'rm -rf "$WORK"' EXIT
     tar -xzf "$ARCHIVE" -C "$WORK"

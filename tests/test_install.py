@@ -1,5 +1,6 @@
 """The installable foundation: imports, config keys, the detectron2 install's documented limits."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -83,12 +84,88 @@ def test_deform_conv_runs_on_cpu_through_torchvision():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_coco_fast_eval_is_off_without_compiled_ops():
+def test_coco_evaluation_takes_a_fast_path():
+    """Detectron2's COCOeval_opt where its ops are compiled, else faster-coco-eval
+    (tests/engine/test_d2compat.py checks the numbers)."""
     from detectron2 import _C
 
-    from dataseg.engine.evaluation import detectron2_has_compiled_ops
+    from dataseg.engine.evaluation import detectron2_has_compiled_ops, fast_coco_eval
 
     assert detectron2_has_compiled_ops() == (not getattr(_C, "DATASEG_STUB", False))
+    assert fast_coco_eval()
+
+
+def _install(env_extra, python=sys.executable, tmp_home=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("DETECTRON2_SOURCE", "DATASEG_STACK")}
+    env.update(PYTHON=python, DATASEG_D2_FROM_GIT="0", **env_extra)
+    if tmp_home:
+        env["HOME"] = str(tmp_home)
+    return subprocess.run(["bash", str(REPO / "scripts" / "install.sh")], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_install_plan_names_the_installed_stack():
+    from dataseg.collect_env import detectron2_stack
+
+    out = _install({"DATASEG_INSTALL_PLAN": "1"})
+    assert out.returncode == 0, out.stderr
+    plan = out.stdout.strip().splitlines()[-1]
+    assert plan.startswith(f"plan: stack={detectron2_stack()} "), plan
+    version = "{}.{}".format(*sys.version_info[:2])
+    assert f"lock=requirements/locks/{detectron2_stack()}-py{version}.txt" in plan
+
+
+def _python(version):
+    """A working python3.X: pyenv's, else one on PATH (a pyenv shim may not run)."""
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = sorted(Path(root, "versions").glob(f"{version}.*/bin/python{version}"),
+                        reverse=True) + [shutil.which(f"python{version}")]
+    for c in candidates:
+        if c and subprocess.run([str(c), "-c", "pass"], capture_output=True).returncode == 0:
+            return str(c)
+    return None
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({}, "DETECTRON2_SOURCE=/path/to/it"),
+    ({"DATASEG_STACK": "legacy"}, "DATASEG_STACK=legacy needs Python 3.11 or older"),
+    ({"DETECTRON2_SOURCE": "/nonexistent/d2.tar.gz"}, "no such file or folder"),
+])
+def test_install_refuses_what_cannot_be_had_before_downloading(tmp_path, env, needle):
+    """Python 3.12 without github.com or a Detectron2 archive (or asked for the v0.6 stack, or
+    given a missing archive): one line on what to do, exit 1, nothing installed."""
+    python = _python("3.12")
+    if python is None:
+        pytest.skip("no python3.12 on this machine")
+    out = _install(env, python=python, tmp_home=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and needle in out.stderr, out.stderr
+    assert "==> torch" not in out.stdout and "Collecting" not in out.stdout
+
+
+def test_locks_cover_every_stack_and_python():
+    """One lock per stack and supported Python, each pinning torch.txt's torch, every package
+    of base.txt, and the stack's numpy (legacy < 1.24, main 2.x)."""
+    locks = REPO / "requirements" / "locks"
+    base = [ln.split(";")[0].strip().lower() for ln in (REPO / "requirements" / "base.txt")
+            .read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    torch_pins = [ln.strip() for ln in (REPO / "requirements" / "torch.txt").read_text()
+                  .splitlines() if "==" in ln]
+    expected = [f"main-py3.{m}.txt" for m in (10, 11, 12, 13)] + \
+        [f"legacy-py3.{m}.txt" for m in (10, 11)]
+    assert sorted(p.name for p in locks.glob("*.txt")) == sorted(expected)
+    for name in expected:
+        pins = dict(ln.strip().lower().split("==") for ln in (locks / name).read_text()
+                    .splitlines() if "==" in ln)
+        norm = {k.replace("_", "-"): v for k, v in pins.items()}
+        missing = [b for b in base if b.replace("_", "-") not in norm]
+        assert not missing, f"{name} lacks {missing}"
+        for pin in torch_pins:
+            package, version = pin.lower().split("==")
+            assert norm[package] == version, name
+        numpy_major = int(norm["numpy"].split(".")[0])
+        assert (numpy_major == 1 and norm["numpy"] < "1.24") if name.startswith("legacy") \
+            else numpy_major == 2, (name, norm["numpy"])
 
 
 def test_collect_env_reports_the_install():

@@ -22,8 +22,10 @@ the model built from the config: a key with no place in it or another shape is a
 into the fixed-vocabulary linear head (``MODEL.DATASEG.CLASSIFIER.NAME: "linear"``) and is
 dropped, and reported, for a model with the text classifier.
 
-``MODEL.WEIGHTS`` goes through ``convert_loaded_checkpoint`` (one call in
-``dataseg/engine/checkpoint.py``); ``tools/convert_checkpoint.py`` writes the converted file.
+``MODEL.WEIGHTS``: ``AtomicCheckpointer.load`` (``dataseg/engine/checkpoint.py``) asks
+``detect_layout`` of every file it reads and loads a recognised one through
+``convert_state_dict`` (``.safetensors`` files are read by ``read_weights_file``);
+``tools/convert_checkpoint.py`` writes the converted file.
 """
 import logging
 import os
@@ -38,7 +40,7 @@ from .mask2former import HF_PREFIXES, M2F_PREFIXES, convert_hf_mask2former, conv
 from .resnet import check_stride_in_3x3, convert_torchvision_resnet, is_torchvision_resnet
 
 __all__ = ["ConversionError", "ConversionShapeError", "ConversionReport", "LAYOUTS",
-           "convert_loaded_checkpoint", "convert_state_dict", "detect_layout",
+           "convert_state_dict", "detect_layout",
            "read_weights_file"]
 
 logger = logging.getLogger(__name__)
@@ -257,18 +259,3 @@ def read_weights_file(filename: str) -> Dict:
         raise ConversionError(f"{filename}: not a checkpoint (expected a state dict of arrays, "
                               "or a dict with one under 'model' or 'state_dict')")
     return {"model": data}
-
-
-def convert_loaded_checkpoint(loaded: Dict, filename: str, model=None) -> Dict:
-    """The hook of ``MODEL.WEIGHTS``: a loaded checkpoint dict ({"model": state, ...}) of a
-    recognised layout -> {"model": DaTaSeg state, "__author__", "conversion_report"}; any other
-    is returned unchanged."""
-    state = loaded.get("model")
-    if not isinstance(state, dict):
-        return loaded
-    layout = detect_layout(state.keys())
-    if layout is None:
-        return loaded
-    out, report = convert_state_dict(state, filename, model, layout)
-    return {"model": out, "__author__": f"{LAYOUTS[layout]}, converted by dataseg.conversion",
-            "conversion_report": report}

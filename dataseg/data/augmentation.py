@@ -29,20 +29,34 @@ __all__ = ["build_augmentations", "augmentation_preset", "crop_size_for", "seg_p
 PRESETS = AUGMENTATION_PRESETS  # the contract's presets (dataseg/contract.py)
 
 
-class FixedSizeCropWithSegPad(T.FixedSizeCrop):
-    """``T.FixedSizeCrop`` whose padding of segmentation maps uses ``seg_pad_value``."""
+class FixedSizeCropWithSegPad(T.Augmentation):
+    """Random crop to ``crop_size`` (height, width) where the image is larger, then padding of the
+    right and bottom up to it where it is smaller; segmentation maps are padded with
+    ``seg_pad_value`` (images with ``pad_value``).
+
+    The same crop and padding as Detectron2's ``T.FixedSizeCrop`` (one ``np.random.uniform``
+    draw for the offset), written against the public ``T.Augmentation`` API: v0.6's class pads
+    labels with 0, a real class, and has no argument for it.
+    """
 
     def __init__(self, crop_size, pad: bool = True, pad_value: float = 128.0,
                  seg_pad_value: int = 255):
-        super().__init__(crop_size, pad=pad, pad_value=pad_value)
-        self.seg_pad_value = seg_pad_value
+        super().__init__()
+        self.crop_size = tuple(int(s) for s in crop_size)
+        self.pad, self.pad_value, self.seg_pad_value = pad, pad_value, seg_pad_value
 
-    def _get_pad(self, image: np.ndarray):
-        input_size = image.shape[:2]
-        pad_size = np.maximum(np.subtract(self.crop_size, input_size), 0)
-        original_size = np.minimum(input_size, self.crop_size)
-        return PadTransform(0, 0, int(pad_size[1]), int(pad_size[0]), int(original_size[1]),
-                            int(original_size[0]), self.pad_value, self.seg_pad_value)
+    def get_transform(self, image: np.ndarray) -> T.TransformList:
+        in_h, in_w = image.shape[:2]
+        out_h, out_w = self.crop_size
+        fraction = np.random.uniform(0.0, 1.0)
+        off_y, off_x = (int(round(max(size - out, 0) * fraction))
+                        for size, out in ((in_h, out_h), (in_w, out_w)))
+        transforms = [T.CropTransform(off_x, off_y, out_w, out_h, in_w, in_h)]
+        if self.pad:
+            kept_h, kept_w = min(in_h, out_h), min(in_w, out_w)
+            transforms.append(PadTransform(0, 0, out_w - kept_w, out_h - kept_h, kept_w, kept_h,
+                                           self.pad_value, self.seg_pad_value))
+        return T.TransformList(transforms)
 
 
 def _per_dataset_entry(cfg, key: str, dataset_name: str):

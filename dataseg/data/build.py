@@ -1,15 +1,16 @@
 """Train and test data loaders.
 
-``build_multi_dataset_train_loader(cfg)``: one Detectron2 ``MapDataset`` per dataset in
+``build_multi_dataset_train_loader(cfg)``: one mapped dataset (``MapDataset``-like) per dataset in
 ``cfg.DATASETS.TRAIN`` (its own mapper from the metadata task), concatenated, batched by
 :class:`MultiDatasetBatchSampler` so every batch is a list of mapped dicts from ONE dataset.
 """
 import logging
+import random
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, DatasetFromList, MapDataset
+from detectron2.data import DatasetCatalog, DatasetFromList
 from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
 from detectron2.data.samplers import InferenceSampler
 from detectron2.utils import comm
@@ -60,12 +61,32 @@ class _FallbackPool(Sequence):
         return int(good[k % len(good)])
 
 
-class _MapDataset(MapDataset):
-    """Detectron2's MapDataset with a working, memory-lean fallback pool (see above)."""
+class _MapWithFallback(torch.utils.data.Dataset):
+    """``mapper(records[i])``; where the mapper returns None (a bad record it skipped), another
+    record is mapped instead, drawn from those not yet seen to fail (:class:`_FallbackPool`),
+    as Detectron2's ``MapDataset`` does for map-style datasets (same draws: a
+    ``random.Random(42)`` per dataset), with that pool in place of its ``set``."""
 
-    def __init__(self, dataset, map_func):
-        super().__init__(dataset, map_func)
-        self._fallback_candidates = _FallbackPool(len(dataset))
+    def __init__(self, records, mapper):
+        self.records, self.mapper = records, mapper
+        self.rng = random.Random(42)
+        self.fallback = _FallbackPool(len(records))
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, idx):
+        cur, retries = int(idx), 0
+        while True:
+            data = self.mapper(self.records[cur])
+            if data is not None:
+                self.fallback.add(cur)
+                return data
+            retries += 1
+            self.fallback.discard(cur)
+            cur = self.fallback[self.rng.randrange(len(self.fallback))]
+            if retries >= 3:
+                logger.warning("failed to map record %d after %d attempts", idx, retries)
 
 
 def _has_targets(record: dict) -> bool:
@@ -109,7 +130,7 @@ def build_multi_dataset_train_loader(cfg) -> torch.utils.data.DataLoader:
         # every record into each process, the copy the memory-mapped cache exists to avoid.
         if not isinstance(dicts, torch.utils.data.Dataset):
             dicts = DatasetFromList(dicts, copy=False)
-        datasets.append(_MapDataset(dicts, build_train_mapper(cfg, name)))
+        datasets.append(_MapWithFallback(dicts, build_train_mapper(cfg, name)))
     ratios = per_train_dataset(cfg, "TRAIN_RATIOS", 1.0)
     batch_sizes = [int(b) or cfg.SOLVER.IMS_PER_BATCH
                    for b in per_train_dataset(cfg, "TRAIN_BATCH_SIZES", 0)]

@@ -6,6 +6,7 @@ previous good checkpoint (and the pointer to it) untouched. The random-number st
 torch, numpy and Python are saved too, so a resumed run continues the same random streams.
 """
 import os
+import pickle
 import random
 
 import numpy as np
@@ -15,13 +16,14 @@ from detectron2.checkpoint import DetectionCheckpointer
 from dataseg.conversion import (  # issue 23: Mask2Former / HF / torchvision / timm layouts
     ConversionError,
     ConversionShapeError,
-    convert_loaded_checkpoint,
+    convert_state_dict,
+    detect_layout,
     read_weights_file,
 )
 from dataseg.utils.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["AtomicCheckpointer", "CheckpointError", "CheckpointMismatchError",
-           "CheckpointNotFoundError", "CheckpointReadError"]
+           "CheckpointNotFoundError", "CheckpointReadError", "check_weights_fit", "read_weights"]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 
@@ -81,10 +83,67 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _strip_module(state):
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def read_weights(filename):
+    """The weights a checkpoint file holds, as ``(state dict, matched_by_heuristics)``, read the
+    way Detectron2's checkpointer reads them: a ``.pkl`` is a Detectron2 model-zoo pickle (a
+    dict with ``model``; ``matching_heuristics`` tells whether its names are matched by
+    heuristics) or a Caffe2-style blob dict (always matched by heuristics); anything else is a
+    ``torch.save`` file holding ``{"model": state}`` or a bare state dict (memory-mapped here,
+    so this read costs little). An unreadable file is a one-line :class:`CheckpointReadError`."""
+    try:
+        if filename.endswith(".pkl"):
+            with open(filename, "rb") as f:
+                data = pickle.load(f, encoding="latin1")
+            if isinstance(data, dict) and "model" in data and "__author__" in data:
+                return data["model"], bool(data.get("matching_heuristics", False))
+            blobs = data.get("blobs", data) if isinstance(data, dict) else data
+            return blobs, True
+        try:
+            data = torch.load(filename, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            data = torch.load(filename, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointReadError(f"cannot load weights file {filename}: "
+                                  f"{_unreadable_reason(filename, e)}") from None
+    state = data.get("model", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict) or not all(
+            isinstance(v, (torch.Tensor, np.ndarray)) for v in state.values()):
+        raise CheckpointReadError(
+            f"cannot load weights file {filename}: not a checkpoint (expected a dict with a "
+            "'model' state dict of tensors, or a state dict)")
+    return state, bool(isinstance(data, dict) and data.get("matching_heuristics", False))
+
+
+def check_weights_fit(model, weights, path):
+    """Refuses weights whose shapes differ from the model's, or of which no name matches (a
+    checkpoint of another architecture): :class:`CheckpointMismatchError` naming ``path``.
+    Returns the model keys the weights do not hold."""
+    model_state = getattr(model, "module", model).state_dict()
+    ckpt_state = _strip_module(weights)
+    mismatched = [f"{key}: checkpoint {tuple(value.shape)} vs model "
+                  f"{tuple(model_state[key].shape)}"
+                  for key, value in ckpt_state.items()
+                  if key in model_state and tuple(model_state[key].shape) != tuple(value.shape)]
+    matched = [k for k in ckpt_state if k in model_state]
+    if mismatched or (ckpt_state and not matched):
+        detail = "; ".join(mismatched[:10]) if mismatched else "no parameter name matches"
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not match the model built from the config "
+            f"({len(mismatched)} shape mismatches; {detail}). Was it trained with another "
+            "architecture (hidden dim, queries, backbone)?")
+    return [k for k in model_state if k not in ckpt_state]
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with atomic saves, saved RNG states and strict shape checks."""
 
-    missing_model_keys = None  # set by each load (see _record_missing)
+    missing_model_keys = None  # set by each load (see load)
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -116,67 +175,48 @@ class AtomicCheckpointer(DetectionCheckpointer):
         atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"),
                            last_filename_basename.encode())
 
-    def _load_model(self, checkpoint):
-        """Refuses weights whose shapes differ from the model's (another architecture)."""
-        if checkpoint.get("matching_heuristics", False):
-            # Backbone weights from another codebase (e.g. ImageNet .pkl): names are matched
-            # heuristically by Detectron2, partial loading is expected.
-            return self._record_missing(super()._load_model(checkpoint))
-        model_state = self.model.state_dict()
-        self._convert_ndarray_to_tensor(checkpoint["model"])
-        ckpt_state = {k[len("module."):] if k.startswith("module.") else k: v
-                      for k, v in checkpoint["model"].items()}
-        mismatched = []
-        for key, value in ckpt_state.items():
-            if key in model_state and tuple(model_state[key].shape) != tuple(value.shape):
-                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model "
-                                  f"{tuple(model_state[key].shape)}")
-        matched = [k for k in ckpt_state if k in model_state]
-        if mismatched or (ckpt_state and not matched):
-            detail = "; ".join(mismatched[:10]) if mismatched else "no parameter name matches"
-            raise CheckpointMismatchError(
-                f"checkpoint {getattr(self, '_loading_path', '?')} does not match the model "
-                f"built from the config ({len(mismatched)} shape mismatches; {detail}). Was it "
-                "trained with another architecture (hidden dim, queries, backbone)?")
-        return self._record_missing(super()._load_model(checkpoint))
-
-    def _record_missing(self, incompatible):
-        """Keeps the model keys the last load did not fill (``missing_model_keys``; None
-        before any load), e.g. for ``load_pretrained_vit``."""
-        self.missing_model_keys = (list(incompatible.missing_keys)
-                                   if incompatible is not None else [])
-        return incompatible
-
     def load(self, path, *args, **kwargs):
-        if path and "://" not in path and not os.path.isfile(path):
-            raise CheckpointNotFoundError(f"checkpoint file not found: {path} (MODEL.WEIGHTS or "
-                                          f"{self.save_dir}/last_checkpoint)")
+        """Detectron2's ``load``, after reading the file once to check it: a file that is not
+        there or not a checkpoint, or whose weights do not fit the model, stops here with one
+        line (:class:`CheckpointError`) before the model is touched. ``missing_model_keys``
+        becomes the model keys the file does not hold (None when unknown: before any load, and
+        for Detectron2 ``.pkl`` files matched by name heuristics, e.g. ImageNet backbones)."""
+        self.missing_model_keys = None
+        if path:
+            local = path if "://" not in path else self.path_manager.get_local_path(path)
+            if not os.path.isfile(local):
+                raise CheckpointNotFoundError(f"checkpoint file not found: {path} (MODEL.WEIGHTS "
+                                              f"or {self.save_dir}/last_checkpoint)")
+            # --- issue 23: a Mask2Former / HF transformers / torchvision / timm checkpoint
+            # is converted to DaTaSeg's names and loaded here (dataseg/conversion) ---
+            if local.endswith(".safetensors"):
+                return self.load_converted(local, path)
+            weights, by_heuristics = read_weights(local)
+            if detect_layout(weights) is not None:
+                return self.load_converted(local, path, weights)
+            # --- end issue 23 ---
+            if not by_heuristics:
+                self.missing_model_keys = check_weights_fit(self.model, weights, path)
         return super().load(path, *args, **kwargs)
 
-    def _load_file(self, filename):
-        """Detectron2's loading; a file it cannot read is a one-line CheckpointReadError."""
-        self._loading_path = filename
+    def load_converted(self, local, path, weights=None):
+        """Issue 23: loads a checkpoint in another codebase's layout (``weights``: its state
+        dict, read from ``local`` when None) after converting it (``dataseg.conversion``;
+        the report is logged). A file that is not one, or a tensor that does not fit the model,
+        is one line (:class:`CheckpointReadError`, :class:`CheckpointMismatchError`).
+        Returns ``{"conversion_report": report}``."""
         try:
-            loaded = (read_weights_file(filename) if filename.endswith(".safetensors")  # issue 23
-                      else super()._load_file(filename))
-        except Exception as e:
-            raise CheckpointReadError(f"cannot load weights file {filename}: "
-                                      f"{_unreadable_reason(filename, e)}") from None
-        model = loaded.get("model") if isinstance(loaded, dict) else None
-        if not isinstance(model, dict) or not all(
-                isinstance(v, (torch.Tensor, np.ndarray)) for v in model.values()):
-            raise CheckpointReadError(
-                f"cannot load weights file {filename}: not a checkpoint (expected a dict with a "
-                "'model' state dict of tensors, or a state dict)")
-        # --- issue 23: a Mask2Former / HF transformers / torchvision / timm checkpoint is
-        # converted to DaTaSeg's names here (dataseg/conversion); others pass unchanged ---
-        try:
-            return convert_loaded_checkpoint(loaded, filename, self.model)
+            if weights is None:
+                weights = read_weights_file(local)["model"]
+            state, report = convert_state_dict(weights, path, self.model)
         except ConversionShapeError as e:
             raise CheckpointMismatchError(str(e)) from None
         except ConversionError as e:
             raise CheckpointReadError(str(e)) from None
-        # --- end issue 23 ---
+        self.logger.info("[Checkpointer] Loading converted weights from %s", path)
+        self.model.load_state_dict(state, strict=False)
+        self.missing_model_keys = list(report.missing)
+        return {"conversion_report": report}
 
     def resume_or_load(self, path, *, resume=True):
         checkpoint = super().resume_or_load(path, resume=resume)

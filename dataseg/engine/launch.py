@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.utils import comm
 
+from dataseg.engine.d2compat import create_local_process_group
+
 __all__ = ["launch", "default_backend", "find_free_port"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -76,12 +78,7 @@ def _worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_u
         raise RuntimeError(f"rank {global_rank}: cannot join the process group at {dist_url} "
                            f"with backend {backend}: {e}") from e
     # Detectron2's comm helpers (get_local_rank etc.) read this group.
-    num_machines = world_size // per_machine
-    for m in range(num_machines):
-        ranks = list(range(m * per_machine, (m + 1) * per_machine))
-        group = dist.new_group(ranks)
-        if m == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
+    create_local_process_group(per_machine)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     comm.synchronize()

@@ -1,11 +1,17 @@
 """DaTaSeg's Detectron2 trainer: multi-dataset loader, AdamW groups, evaluation table, resume.
 
-Differences from ``DefaultTrainer`` and why:
+A ``TrainerBase`` subclass, as Detectron2 documents for trainers that differ from
+``DefaultTrainer``: the same ``build_*`` class methods, hooks, ``resume_or_load``, ``train``
+and ``test`` as ``DefaultTrainer`` (whose ``auto_scale_workers`` it uses), composed from public
+pieces: a ``SimpleTrainer``/``AMPTrainer`` runs each step (``self.inner``). Differences from
+``DefaultTrainer`` and why:
 - DistributedDataParallel gets ``device_ids`` only on GPUs, so multi-process training also
-  runs on CPUs (gloo; see ``dataseg.engine.launch``).
+  runs on CPUs (gloo; see ``dataseg.engine.launch``); ``DefaultTrainer.__init__`` always gives
+  it ``device_ids``.
 - AMP (SOLVER.AMP.ENABLED) is used on GPUs only; on CPUs it is switched off with a warning.
 - Checkpoints hold the optimizer state (Detectron2 0.6's DefaultTrainer leaves it out, so
-  its resumed runs restart AdamW's moments) and RNG states; ``resume_or_load`` also
+  its resumed runs restart AdamW's moments; main keeps it in the same place) and RNG
+  states, and are written atomically (:class:`AtomicCheckpointer`); ``resume_or_load`` also
   fast-forwards the multi-dataset batch sampler to the resumed iteration, so a resumed run
   sees the same batches (the same images always; the same augmentations too with
   DATALOADER.NUM_WORKERS 0, since worker processes draw their own seeds).
@@ -24,7 +30,7 @@ from collections import OrderedDict
 
 import torch
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine.defaults import create_ddp_model, default_writers
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -33,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from dataseg.data.build import build_multi_dataset_train_loader, build_test_loader
 from dataseg.data.loading import skipping_bad_records
+from dataseg.engine import d2compat
 from dataseg.engine.checkpoint import AtomicCheckpointer
 from dataseg.engine.evaluation import build_evaluator, write_summary
 from dataseg.engine.optimizer import build_lr_scheduler, build_optimizer
@@ -95,7 +102,7 @@ class _BaseAndBackboneLR(hooks.LRScheduler):
                     self.trainer.cfg.SOLVER.BACKBONE_MULTIPLIER)
 
     def _lrs(self):
-        groups = self._optimizer.param_groups
+        groups = self.trainer.optimizer.param_groups
         base = [g["lr"] for g in groups if not _is_backbone_group(g)]
         backbone = [g["lr"] for g in groups if _is_backbone_group(g)]
         return (max(base) if base else max(g["lr"] for g in groups),
@@ -109,9 +116,26 @@ class _BaseAndBackboneLR(hooks.LRScheduler):
         self.scheduler.step()
 
 
-class DaTaSegTrainer(DefaultTrainer):
+class _StartedLoader:
+    """A data loader whose first ``iter`` returns an iterator made beforehand."""
+
+    def __init__(self, loader, iterator):
+        self.loader, self.iterator = loader, iterator
+
+    def __iter__(self):
+        it, self.iterator = self.iterator, None
+        return it if it is not None else iter(self.loader)
+
+
+class DaTaSegTrainer(TrainerBase):
+    """Trains a DaTaSeg model: ``DaTaSegTrainer(cfg)``, ``resume_or_load(resume)``, ``train()``;
+    ``DaTaSegTrainer.test(cfg, model)`` evaluates. Attributes as ``DefaultTrainer``'s:
+    ``model`` (DDP-wrapped with several processes), ``optimizer``, ``data_loader``,
+    ``scheduler``, ``checkpointer``, ``cfg``, ``start_iter``, ``max_iter``; ``inner`` is the
+    ``SimpleTrainer``/``AMPTrainer`` that runs each step."""
+
     def __init__(self, cfg):
-        TrainerBase.__init__(self)
+        super().__init__()
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger(distributed_rank=comm.get_rank())
         if not logging.getLogger("dataseg").handlers:  # train_net.py sets it up with log.txt
@@ -132,7 +156,7 @@ class DaTaSegTrainer(DefaultTrainer):
         use_amp = cfg.SOLVER.AMP.ENABLED and on_gpu
         if cfg.SOLVER.AMP.ENABLED and not on_gpu:
             logger.warning("SOLVER.AMP.ENABLED is ignored on CPU (fp32 training)")
-        self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
+        self.inner = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR,
                                                trainer=weakref.proxy(self))
@@ -140,7 +164,35 @@ class DaTaSegTrainer(DefaultTrainer):
         self.vit_load_report = None  # MODEL.VIT.WEIGHTS' load report (resume_or_load)
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
+        self.last_eval_results = None
         self.register_hooks(self.build_hooks())
+
+    # the inner trainer's objects, as DefaultTrainer exposes them
+    @property
+    def model(self):
+        return self.inner.model
+
+    @property
+    def optimizer(self):
+        return self.inner.optimizer
+
+    @property
+    def data_loader(self):
+        return self.inner.data_loader
+
+    def run_step(self):
+        self.inner.iter = self.iter
+        self.inner.run_step()
+
+    def train(self):
+        """Runs from ``start_iter`` to ``cfg.SOLVER.MAX_ITER``; returns the last evaluation's
+        results (``TEST.EXPECTED_RESULTS`` checked as ``DefaultTrainer`` does)."""
+        super().train(self.start_iter, self.max_iter)
+        if self.cfg.TEST.EXPECTED_RESULTS and comm.is_main_process():
+            from detectron2.evaluation.testing import verify_results
+
+            verify_results(self.cfg, self.last_eval_results)
+        return self.last_eval_results
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -177,39 +229,69 @@ class DaTaSegTrainer(DefaultTrainer):
         with skipping_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS):
             return build_evaluator(dataset_name, output_folder, distributed=True)
 
+    def build_writers(self):
+        return default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
+
     def build_hooks(self):
-        ret = [_BaseAndBackboneLR() if type(h) is hooks.LRScheduler else h
-               for h in super().build_hooks()]
+        """Detectron2's default training hooks (timer, lr schedule with the backbone's lr
+        logged too, precise BN if asked, checkpoints, evaluation, writers) and the ranks'
+        weight check."""
+        cfg = self.cfg
+        ret = [hooks.IterationTimer(), _BaseAndBackboneLR()]
+        if cfg.TEST.PRECISE_BN.ENABLED:
+            precise_cfg = cfg.clone()
+            precise_cfg.defrost()
+            precise_cfg.DATALOADER.NUM_WORKERS = 0
+            ret.append(hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model,
+                                       self.build_train_loader(precise_cfg),
+                                       cfg.TEST.PRECISE_BN.NUM_ITER))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+
+        def test_and_save_results():
+            self.last_eval_results = self.test(self.cfg, self.model)
+            return self.last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
         return ret + [_WeightsSyncCheck()]
 
     # ---------------------------------------------------------------- resume
     def state_dict(self):
-        """Detectron2 0.6's DefaultTrainer saves no optimizer state: add the inner trainer's."""
+        """The iteration, the hooks' states (lr scheduler) and, under ``_trainer``, the inner
+        trainer's (optimizer, AMP grad scaler): the layout of Detectron2 main's
+        ``DefaultTrainer`` checkpoints."""
         ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
+        ret["_trainer"] = self.inner.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
+            self.inner.load_state_dict(state_dict["_trainer"])
         else:
             logger.warning("checkpoint has no optimizer state (saved by another trainer): "
                            "the optimizer starts afresh")
 
     def resume_or_load(self, resume=True):
-        """Detectron2's, then, for a training that starts rather than resumes, the ViT's
-        pretrained weights (MODEL.VIT.WEIGHTS) unless MODEL.WEIGHTS gave the trunk."""
+        """As ``DefaultTrainer``'s: with ``resume`` and a ``last_checkpoint`` in OUTPUT_DIR,
+        continue from it (model, optimizer, scheduler, iteration, RNG states, data stream);
+        otherwise load ``MODEL.WEIGHTS`` and start at iteration 0. Then, for a training that
+        starts rather than resumes, the ViT's pretrained weights (MODEL.VIT.WEIGHTS) unless
+        MODEL.WEIGHTS gave the trunk."""
         resuming = resume and self.checkpointer.has_checkpoint()
-        self.checkpointer.missing_model_keys = None
-        super().resume_or_load(resume=resume)
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resuming:
+            # the checkpoint holds the iteration that had just finished
+            self.start_iter = self.iter + 1
         self.vit_load_report = None if resuming else load_pretrained_vit(
             self.model, self.cfg.MODEL.VIT.WEIGHTS, self.checkpointer.missing_model_keys)
         if self.start_iter > 0:
             self._fast_forward_data(self.start_iter)
 
     def _fast_forward_data(self, start_iter):
-        loader = self._trainer.data_loader
+        loader = self.inner.data_loader
         if not isinstance(loader, DataLoader) or loader.batch_sampler is None:
             logger.warning("train loader has no batch sampler to fast-forward: the resumed run "
                            "sees the data from the start of its stream")
@@ -218,12 +300,13 @@ class DaTaSegTrainer(DefaultTrainer):
             loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, start_iter),
             num_workers=loader.num_workers, collate_fn=loader.collate_fn,
             worker_init_fn=loader.worker_init_fn, pin_memory=loader.pin_memory)
-        self._trainer.data_loader = resumed
-        # Creating a DataLoader iterator draws a base seed from torch's global RNG; keep the
-        # RNG state just restored from the checkpoint untouched by it.
+        # Making a DataLoader iterator draws a base seed from torch's global RNG: make it now,
+        # keeping the RNG state just restored from the checkpoint as it was.
         state = torch.get_rng_state()
-        self._trainer._data_loader_iter = iter(resumed)
+        started = _StartedLoader(resumed, iter(resumed))
         torch.set_rng_state(state)
+        self.inner.data_loader = started
+        d2compat.restart_data_iterator(self.inner)
         logger.info("Resumed the training data stream at iteration %d", start_iter)
 
     # ------------------------------------------------------------- evaluation

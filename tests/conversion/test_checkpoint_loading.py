@@ -136,8 +136,8 @@ def zoo_pkl(tmp_path_factory):
 @pytest.mark.parametrize("linear", [True, False], ids=["linear_head", "text_classifier"])
 def test_model_zoo_r50_file_loads_with_no_missing_mask_branch_key(zoo_pkl, linear):
     model = build_model(_r50_cfg(linear)).eval()
-    loaded = AtomicCheckpointer(model)._load_file(str(zoo_pkl))
-    report = loaded["conversion_report"]
+    checkpointer = AtomicCheckpointer(model)
+    report = checkpointer.load(str(zoo_pkl))["conversion_report"]
     assert report.layout == "mask2former"
     assert report.missing_mask_branch == []
     assert report.unused == ["criterion.empty_weight"]
@@ -147,7 +147,7 @@ def test_model_zoo_r50_file_loads_with_no_missing_mask_branch_key(zoo_pkl, linea
     else:
         assert set(report.dropped) == {"transformer_decoder.class_embed.weight",
                                        "transformer_decoder.class_embed.bias"}
-    AtomicCheckpointer(model).load(str(zoo_pkl))
+    assert checkpointer.missing_model_keys == report.missing
     # the values land where they belong (spot checks across the three parts)
     raw = synthesized_m2f_checkpoint()["model"]
     sd = model.state_dict()
@@ -228,11 +228,9 @@ def test_imagenet_resnet50_state_dict_through_model_weights(tmp_path, make):
     r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS, r.WIDTH_PER_GROUP = 64, 256, 64
     model = build_model(cfg).eval()
     checkpointer = AtomicCheckpointer(model)
-    loaded = checkpointer._load_file(str(path))
-    report = loaded["conversion_report"]
+    report = checkpointer.load(str(path))["conversion_report"]
     assert report.layout == "resnet" and {"fc.weight", "fc.bias"} <= set(report.unused)
     assert not [k for k in report.missing if k.startswith("backbone.")]
-    checkpointer.load(str(path))
     x = torch.randn(2, 3, 72, 88, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ours = model.backbone(x)

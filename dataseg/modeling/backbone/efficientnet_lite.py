@@ -157,11 +157,17 @@ class EfficientNetLite0Backbone(Backbone):
         if pretrained:
             self.weights_path = package_weight_path()
             load_package_state_dict(self.net, self.weights_path)
-        self._out_features = [f for f in _FEATURES if f in out_features]
-        self._out_feature_strides = {f: _FEATURES[f][1] for f in self._out_features}
-        self._out_feature_channels = {f: _FEATURES[f][2] for f in self._out_features}
+        self.feature_names = [f for f in _FEATURES if f in out_features]
+        self.feature_strides = {f: _FEATURES[f][1] for f in self.feature_names}
+        self.feature_channels = {f: _FEATURES[f][2] for f in self.feature_names}
         self.freeze_at = freeze_at
         self._freeze(freeze_at)
+
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        """Channels and stride of each output feature (``feature_names``)."""
+        return {f: ShapeSpec(channels=self.feature_channels[f], stride=self.feature_strides[f])
+                for f in self.feature_names}
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -194,7 +200,7 @@ class EfficientNetLite0Backbone(Backbone):
             raise ValueError(f"EfficientNet-Lite0 expects (N, C, H, W) images, got "
                              f"{tuple(x.shape)}")
         feats = self.net(x)
-        return {f: feats[_FEATURES[f][0]] for f in self._out_features}
+        return {f: feats[_FEATURES[f][0]] for f in self.feature_names}
 
     @property
     def size_divisibility(self) -> int:

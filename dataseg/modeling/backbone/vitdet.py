@@ -186,9 +186,15 @@ class ViTDetBackbone(Backbone):
         self.vit = vit
         self.pyramid = SimpleFeaturePyramid(vit.embed_dim, out_channels, vit.patch_size,
                                             out_features)
-        self._out_features = list(self.pyramid.out_features)
-        self._out_feature_strides = {f: _STRIDES[f] for f in self._out_features}
-        self._out_feature_channels = {f: out_channels for f in self._out_features}
+        self.feature_names = list(self.pyramid.out_features)
+        self.feature_strides = {f: _STRIDES[f] for f in self.feature_names}
+        self.feature_channels = {f: out_channels for f in self.feature_names}
+
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        """Channels and stride of each output feature (``feature_names``)."""
+        return {f: ShapeSpec(channels=self.feature_channels[f], stride=self.feature_strides[f])
+                for f in self.feature_names}
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
