@@ -105,6 +105,14 @@ def add_dataseg_config(cfg):
     cfg.MODEL.DATASEG.CLASSIFIER.NORMALIZE_CLASS_EMBED = True
     # Text-embedding dimension D (0 = ask the text encoder, dataseg.text.embedding_dim).
     cfg.MODEL.DATASEG.CLASSIFIER.TEXT_DIM = 0
+    # Which classifier turns a query into class logits: "text" (DaTaSeg: dot products with the
+    # vocabulary's text embeddings, any vocabulary) or "linear" (Mask2Former's fixed-vocabulary
+    # linear layer, NUM_CLASSES + 1 logits, the background last; what a converted Mask2Former
+    # checkpoint's class_embed loads into: docs/MASK2FORMER_WEIGHTS.md).
+    cfg.MODEL.DATASEG.CLASSIFIER.NAME = "text"
+    # Classes K of the "linear" classifier (e.g. 133 for a COCO panoptic Mask2Former model); the
+    # vocabulary the model is run with must have exactly K classes in the checkpoint's order.
+    cfg.MODEL.DATASEG.CLASSIFIER.NUM_CLASSES = 0
 
     # MERGE (eq. 1, 2): epsilon in the class-logit average and the logit of empty merged masks.
     cfg.MODEL.DATASEG.MERGE_EPS = 1e-6
@@ -158,6 +166,9 @@ def add_dataseg_config(cfg):
     cfg.MODEL.DATASEG.TEST.VOCABULARY_CLASSES = ""
     # Deprecated name of VOCABULARY_DATASET (still read, with a warning).
     cfg.MODEL.DATASEG.TEST.VOCABULARY = ""
+    # Apply MERGE (eq. 1, 2) before inference (DaTaSeg). False runs Mask2Former's inference on
+    # the raw proposals: what a converted Mask2Former model, trained without MERGE, expects.
+    cfg.MODEL.DATASEG.TEST.MERGE = True
 
     # Dataset-specific (D-S) modules (paper Table 5), each a switch added to the shared model;
     # all off = DaTaSeg (every parameter shared). See dataseg/modeling/dataset_specific.py.

@@ -13,6 +13,13 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from dataseg.conversion import (  # issue 23: Mask2Former / HF / torchvision / timm layouts
+    ConversionError,
+    ConversionShapeError,
+    convert_state_dict,
+    detect_layout,
+    read_weights_file,
+)
 from dataseg.utils.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["AtomicCheckpointer", "CheckpointError", "CheckpointMismatchError",
@@ -180,10 +187,36 @@ class AtomicCheckpointer(DetectionCheckpointer):
             if not os.path.isfile(local):
                 raise CheckpointNotFoundError(f"checkpoint file not found: {path} (MODEL.WEIGHTS "
                                               f"or {self.save_dir}/last_checkpoint)")
+            # --- issue 23: a Mask2Former / HF transformers / torchvision / timm checkpoint
+            # is converted to DaTaSeg's names and loaded here (dataseg/conversion) ---
+            if local.endswith(".safetensors"):
+                return self.load_converted(local, path)
             weights, by_heuristics = read_weights(local)
+            if detect_layout(weights) is not None:
+                return self.load_converted(local, path, weights)
+            # --- end issue 23 ---
             if not by_heuristics:
                 self.missing_model_keys = check_weights_fit(self.model, weights, path)
         return super().load(path, *args, **kwargs)
+
+    def load_converted(self, local, path, weights=None):
+        """Issue 23: loads a checkpoint in another codebase's layout (``weights``: its state
+        dict, read from ``local`` when None) after converting it (``dataseg.conversion``;
+        the report is logged). A file that is not one, or a tensor that does not fit the model,
+        is one line (:class:`CheckpointReadError`, :class:`CheckpointMismatchError`).
+        Returns ``{"conversion_report": report}``."""
+        try:
+            if weights is None:
+                weights = read_weights_file(local)["model"]
+            state, report = convert_state_dict(weights, path, self.model)
+        except ConversionShapeError as e:
+            raise CheckpointMismatchError(str(e)) from None
+        except ConversionError as e:
+            raise CheckpointReadError(str(e)) from None
+        self.logger.info("[Checkpointer] Loading converted weights from %s", path)
+        self.model.load_state_dict(state, strict=False)
+        self.missing_model_keys = list(report.missing)
+        return {"conversion_report": report}
 
     def resume_or_load(self, path, *, resume=True):
         checkpoint = super().resume_or_load(path, resume=resume)

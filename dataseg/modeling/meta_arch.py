@@ -27,6 +27,7 @@ from ..contract import TASKS, get_dataset_info
 from ..text import embedding_dim, text_embedder_from_cfg
 from ..vocabulary import Vocabulary
 from .criterion import SetCriterion
+from .linear_classifier import FixedVocabularyClassifier, check_classifier_name
 from .merge import merge_for_task
 from .pixel_decoder import build_pixel_decoder
 from .postprocessing import (
@@ -51,6 +52,14 @@ def text_dim_from_cfg(cfg) -> int:
     if cfg.MODEL.DATASEG.CLASSIFIER.TEXT_DIM > 0:
         return int(cfg.MODEL.DATASEG.CLASSIFIER.TEXT_DIM)
     return int(embedding_dim(cfg.MODEL.TEXT_ENCODER.NAME, cfg.MODEL.TEXT_ENCODER.CLIP_MODEL))
+
+
+def class_count_embedder(text_dim: int):
+    """The vocabulary embedder of the fixed-vocabulary linear classifier: it reads only the
+    number of classes, so no text encoder is loaded (zero rows of width ``text_dim``)."""
+    def embed(class_synonyms):
+        return torch.zeros(len(class_synonyms), text_dim)
+    return embed
 
 
 def preprocess_images(images: Sequence[torch.Tensor], pixel_mean: torch.Tensor,
@@ -78,7 +87,7 @@ def postprocess_logits(pred_logits: torch.Tensor, pred_masks: torch.Tensor,
                        is_thing: torch.Tensor, *, merge_eps: float = 1e-6,
                        merge_empty_logit: float = -100.0, object_mask_threshold: float = 0.8,
                        overlap_threshold: float = 0.8,
-                       instances_per_image: int = 100) -> List[dict]:
+                       instances_per_image: int = 100, merge: bool = True) -> List[dict]:
     """The Python post-processing shared by the eager model and exported graphs.
 
     Args:
@@ -87,14 +96,22 @@ def postprocess_logits(pred_logits: torch.Tensor, pred_masks: torch.Tensor,
         padded_size: (Hp, Wp) of the padded network input; image_sizes: each image's (H, W)
             inside it; output_sizes: the (height, width) each result is resized to.
         task: "semantic", "panoptic", "instance" or "box"; is_thing: (K,) bool.
+        merge: apply MERGE first (DaTaSeg); False = Mask2Former's inference on the raw
+            proposals (MODEL.DATASEG.TEST.MERGE, for converted Mask2Former models).
     Returns one dict per image in Detectron2's formats: {"sem_seg"} (semantic),
     {"panoptic_seg", "sem_seg"} (panoptic) or {"instances"} (instance, box).
     """
     if task not in TASKS:
         raise ValueError(f"DaTaSeg: task {task!r} not one of {TASKS}")
     is_thing = is_thing.to(pred_logits.device)
-    outputs = merge_for_task(pred_logits, pred_masks, task, is_thing, merge_eps,
-                             merge_empty_logit)
+    if merge:
+        outputs = merge_for_task(pred_logits, pred_masks, task, is_thing, merge_eps,
+                                 merge_empty_logit)
+    else:
+        outputs = {"pred_logits": pred_logits, "pred_masks": pred_masks, "num_merged": 0,
+                   "valid": torch.ones(pred_logits.shape[:2], dtype=torch.bool,
+                                       device=pred_logits.device),
+                   "counts": pred_logits.new_zeros((pred_logits.shape[0], 0))}
     results = []
     for i, (image_size, out_size) in enumerate(zip(image_sizes, output_sizes)):
         valid = outputs["valid"][i].clone()
@@ -124,7 +141,7 @@ class DaTaSeg(nn.Module):
     @configurable
     def __init__(self, *, backbone: Backbone, pixel_decoder: nn.Module,
                  transformer_decoder: MaskedAttentionDecoder,
-                 classifier: TextEmbeddingClassifier, criterion: SetCriterion,
+                 classifier: nn.Module, criterion: SetCriterion,
                  vocabulary: Optional[VocabularyBank] = None, pixel_mean, pixel_std,
                  size_divisibility: int = 32, deep_supervision: bool = True,
                  merge_eps: float = 1e-6, merge_empty_logit: float = -100.0,
@@ -132,7 +149,7 @@ class DaTaSeg(nn.Module):
                  test_task: str = "", default_vocabulary: str = "",
                  object_mask_threshold: float = 0.8,
                  overlap_threshold: float = 0.8, instances_per_image: int = 100,
-                 channels_last: bool = False):
+                 channels_last: bool = False, test_merge: bool = True):
         super().__init__()
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
@@ -156,6 +173,7 @@ class DaTaSeg(nn.Module):
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.instances_per_image = instances_per_image
+        self.test_merge = test_merge
         if channels_last:  # 4-D weights NHWC: convolutions follow (faster oneDNN paths on CPU)
             self.to(memory_format=torch.channels_last)
 
@@ -165,7 +183,13 @@ class DaTaSeg(nn.Module):
         text_dim = text_dim_from_cfg(cfg)
         backbone = build_backbone(cfg)
         pixel_decoder = build_pixel_decoder(cfg, backbone.output_shape())
-        bank = VocabularyBank(text_embedder_from_cfg(cfg), text_dim=text_dim)
+        if check_classifier_name(d.CLASSIFIER.NAME) == "linear":
+            classifier = FixedVocabularyClassifier(cfg, text_dim=text_dim)
+            embedder = class_count_embedder(text_dim)
+        else:
+            classifier = TextEmbeddingClassifier(cfg, text_dim=text_dim)
+            embedder = text_embedder_from_cfg(cfg)
+        bank = VocabularyBank(embedder, text_dim=text_dim)
         default = default_vocabulary_from_cfg(cfg)
         if isinstance(default, Vocabulary):  # TEST.VOCABULARY_FILE / _CLASSES
             bank.add(f"vocabulary_{default.key}", default)
@@ -175,7 +199,7 @@ class DaTaSeg(nn.Module):
             "pixel_decoder": pixel_decoder,
             "transformer_decoder": MaskedAttentionDecoder(
                 cfg, in_channels=d.PIXEL_DECODER.CONVS_DIM, text_dim=text_dim),
-            "classifier": TextEmbeddingClassifier(cfg, text_dim=text_dim),
+            "classifier": classifier,
             "criterion": SetCriterion(cfg),
             "vocabulary": bank,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -186,7 +210,7 @@ class DaTaSeg(nn.Module):
             "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
             "instances_per_image": d.TEST.INSTANCES_PER_IMAGE,
-            "channels_last": d.CHANNELS_LAST,
+            "channels_last": d.CHANNELS_LAST, "test_merge": d.TEST.MERGE,
         }
 
     @property
@@ -207,7 +231,7 @@ class DaTaSeg(nn.Module):
         return {"merge_eps": self.merge_eps, "merge_empty_logit": self.merge_empty_logit,
                 "object_mask_threshold": self.object_mask_threshold,
                 "overlap_threshold": self.overlap_threshold,
-                "instances_per_image": self.instances_per_image}
+                "instances_per_image": self.instances_per_image, "merge": self.test_merge}
 
     # ------------------------------------------------------------------ helpers
     def batch_dataset_name(self, batched_inputs: List[dict]) -> str:

@@ -110,8 +110,11 @@ def instance_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor,
     scores, flat_idx = probs.flatten().topk(top_k)
     query_idx = torch.div(flat_idx, k, rounding_mode="floor")
     labels = class_ids[flat_idx % k]
-    mask_prob = mask_logits[query_idx].float().sigmoid()
-    masks = mask_prob > 0.5
+    mask_logits = mask_logits[query_idx].float()
+    mask_prob = mask_logits.sigmoid()
+    # Mask2Former's rule: logit > 0 (in fp32, sigmoid(x) rounds to exactly 0.5 for
+    # 0 < x < ~3e-8, so "probability > 0.5" would drop those pixels)
+    masks = mask_logits > 0
     mask_scores = (mask_prob * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
     result = Instances((h, w))
     result.pred_masks = masks

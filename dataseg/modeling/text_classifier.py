@@ -32,12 +32,16 @@ def build_class_head(kind: str, hidden_dim: int, text_dim: int) -> nn.Sequential
     "linear_relu" (paper): Linear(hidden, text) + ReLU; its outputs are non-negative, so after
     normalisation they can only point into the positive orthant of the text space.
     "linear_relu_linear": Linear(hidden, hidden) + ReLU + Linear(hidden, text).
+    "linear" (set by MODEL.DATASEG.CLASSIFIER.NAME "linear", not by CLASS_HEAD): Mask2Former's
+    class_embed, one Linear(hidden, K + 1) giving the logits themselves.
     """
     if kind == "linear_relu":
         return nn.Sequential(nn.Linear(hidden_dim, text_dim), nn.ReLU())
     if kind == "linear_relu_linear":
         return nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
                              nn.Linear(hidden_dim, text_dim))
+    if kind == "linear":  # CLASSIFIER.NAME "linear": Mask2Former's class_embed, text_dim = K + 1
+        return nn.Linear(hidden_dim, text_dim)
     raise ValueError(f"MODEL.DATASEG.CLASS_HEAD: {kind!r} is not one of {list(CLASS_HEADS)}")
 
 

@@ -145,12 +145,15 @@ class MaskedAttentionDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg, in_channels: int, text_dim: int):
         d = cfg.MODEL.DATASEG
+        class_head = d.CLASS_HEAD
+        if d.CLASSIFIER.NAME == "linear":  # Mask2Former's class_embed: hidden -> K + 1 logits
+            class_head, text_dim = "linear", int(d.CLASSIFIER.NUM_CLASSES) + 1
         return {"in_channels": in_channels, "text_dim": text_dim,
                 "num_queries": d.NUM_OBJECT_QUERIES, "hidden_dim": d.HIDDEN_DIM,
                 "nheads": d.NHEADS, "dim_feedforward": d.DIM_FEEDFORWARD,
                 "dec_layers": d.DEC_LAYERS, "mask_dim": d.MASK_DIM,
                 "num_feature_levels": len(d.PIXEL_DECODER.DEFORM_IN_FEATURES),
-                "dropout": d.DROPOUT, "pre_norm": d.PRE_NORM, "class_head": d.CLASS_HEAD,
+                "dropout": d.DROPOUT, "pre_norm": d.PRE_NORM, "class_head": class_head,
                 "specific_queries": bool(d.DATASET_SPECIFIC.QUERIES),
                 "specific_heads": bool(d.DATASET_SPECIFIC.HEADS),
                 "dataset_index": (DatasetIndex.from_cfg(cfg) if d.DATASET_SPECIFIC.QUERIES
