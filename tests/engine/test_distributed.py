@@ -422,7 +422,7 @@ def test_preempted_submitit_job_requeues_and_ends_with_the_same_weights(
     assert job.results() == [None, None], job.stderr()[-3000:]
     first = task_logs[0].read_text()
     errors = task_logs[0].with_suffix(".err").read_text()
-    assert "Caught signal SIGUSR2" in errors and "Requeued job" in errors, errors[-3000:]
+    assert "Caught signal SIGUSR2" in errors and "this job is" in errors, errors[-3000:]
     assert "preempted or out of time: requeued" in first, first[-3000:]
     for log in task_logs:  # each task started twice: submitted, then requeued
         assert log.read_text().count(f"dataseg.slurm: job {job.job_id} task") == 2
