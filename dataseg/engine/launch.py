@@ -196,6 +196,23 @@ def _announce(launcher, rank, world_size, backend, url, local_rank, local_size):
           f"pid {os.getpid()})", flush=True)
 
 
+def _restart_store(r, timeout):
+    """Under torchrun, a store of keys for this attempt only (``TORCHELASTIC_RESTART_COUNT``).
+
+    With ``--master-addr/--master-port`` (static rendezvous) torchrun's agent keeps one store
+    for all attempts, and plain ``env://`` reads it without a per-attempt prefix: the workers
+    restarted by ``--max-restarts`` could find the dead workers' addresses there and fail to
+    connect. None outside torchrun (``env://`` as usual)."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if r.launcher != "torchrun" or attempt is None:
+        return None
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(r.master_addr, r.master_port, r.world_size,
+                          is_master=not agent_store and r.rank == 0, timeout=timeout,
+                          multi_tenant=True)
+    return dist.PrefixStore(f"dataseg/attempt_{attempt}", store)
+
+
 def _run_in_env_group(main_func, rendezvous, args, timeout, backend):
     """Joins the process group of torchrun's (or a SLURM job's) ranks here, then runs
     ``main_func(*args)``."""
@@ -204,7 +221,12 @@ def _run_in_env_group(main_func, rendezvous, args, timeout, backend):
     if backend == "nccl":
         torch.cuda.set_device(r.local_rank)
     try:
-        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        store = _restart_store(r, timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=r.rank,
+                                    world_size=r.world_size, timeout=timeout)
     except Exception as e:
         raise LaunchError(f"rank {r.rank} of {r.world_size} ({r.launcher}): cannot join the "
                           f"{backend} process group at {r.url}: {e}") from e
