@@ -30,8 +30,8 @@ from detectron2.utils import comm
 
 from dataseg.engine.d2compat import create_local_process_group
 
-__all__ = ["launch", "default_backend", "find_free_port", "LaunchError", "EnvRendezvous",
-           "rendezvous_from_env"]
+__all__ = ["launch", "default_backend", "default_timeout", "find_free_port", "LaunchError",
+           "EnvRendezvous", "rendezvous_from_env"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
@@ -112,6 +112,24 @@ def default_backend():
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def default_timeout(environ: Optional[Mapping[str, str]] = None) -> timedelta:
+    """How long a collective may wait for the other ranks before the run fails: 30 minutes,
+    or ``DATASEG_DIST_TIMEOUT_MIN`` minutes (a slow first evaluation or a checkpoint on a slow
+    shared filesystem may need more; a hung rank is found sooner with less)."""
+    env = os.environ if environ is None else environ
+    text = env.get("DATASEG_DIST_TIMEOUT_MIN")
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = -1
+    if not minutes > 0:
+        raise LaunchError(f"DATASEG_DIST_TIMEOUT_MIN={text!r}: expected a positive number of "
+                          "minutes")
+    return timedelta(minutes=minutes)
+
+
 def find_free_port():
     import socket
 
@@ -121,10 +139,11 @@ def find_free_port():
 
 
 def launch(main_func, num_processes_per_machine, num_machines=1, machine_rank=0, dist_url=None,
-           args=(), timeout=DEFAULT_TIMEOUT, backend=None):
+           args=(), timeout=None, backend=None):
     """Runs ``main_func(*args)`` in ``num_processes_per_machine * num_machines`` processes.
 
-    ``dist_url`` "auto" (or None) picks a free local port (single machine only).
+    ``dist_url`` "auto" (or None) picks a free local port (single machine only). ``timeout``
+    (of the process group's collectives) defaults to :func:`default_timeout`.
     With one process in total, ``main_func`` runs in this process without torch.distributed,
     unless ``DATASEG_FORCE_DISTRIBUTED=1``.
 
@@ -133,6 +152,7 @@ def launch(main_func, num_processes_per_machine, num_machines=1, machine_rank=0,
     ``--machine-rank`` must then be left at 1, 1, 0 (torchrun's ``--nproc-per-node``,
     ``--nnodes`` and ``--node-rank`` say it) and ``dist_url`` is not used.
     """
+    timeout = timeout if timeout is not None else default_timeout()
     rendezvous = rendezvous_from_env()
     if rendezvous is not None:
         if (num_processes_per_machine, num_machines, machine_rank) != (1, 1, 0):

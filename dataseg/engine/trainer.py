@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from dataseg.data.build import build_multi_dataset_train_loader, build_test_loader
 from dataseg.data.loading import skipping_bad_records
 from dataseg.engine import d2compat
-from dataseg.engine.checkpoint import AtomicCheckpointer, rng_state
+from dataseg.engine.checkpoint import AtomicCheckpointer, CheckpointError, rng_state
 from dataseg.engine.evaluation import build_evaluator, write_summary
 from dataseg.engine.optimizer import build_lr_scheduler, build_optimizer
 from dataseg.engine.preflight import preflight
@@ -314,8 +314,22 @@ class DaTaSegTrainer(TrainerBase):
                         self.cfg.OUTPUT_DIR, self.cfg.MODEL.WEIGHTS or "(none: from scratch)")
         self.vit_load_report = None if resuming else load_pretrained_vit(
             self.model, self.cfg.MODEL.VIT.WEIGHTS, self.checkpointer.missing_model_keys)
+        self._check_ranks_agree(source)
         if self.start_iter > 0:
             self._fast_forward_data(self.start_iter)
+
+    def _check_ranks_agree(self, source):
+        """Every rank must start at the same iteration: a machine that cannot see OUTPUT_DIR's
+        checkpoints (not on a shared filesystem) would start afresh while the others resume."""
+        if comm.get_world_size() == 1:
+            return
+        starts = comm.all_gather((self.start_iter, source))
+        if len({s for s, _ in starts}) > 1:
+            detail = ", ".join(f"rank {r} at iteration {s} ({src or 'no checkpoint'})"
+                               for r, (s, src) in enumerate(starts))
+            raise CheckpointError(
+                f"the ranks do not resume from the same place: {detail}. Is OUTPUT_DIR "
+                f"({self.cfg.OUTPUT_DIR}) on a filesystem that every machine shares?")
 
     def _fast_forward_data(self, start_iter):
         loader = self.inner.data_loader

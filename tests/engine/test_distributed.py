@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,12 @@ from engine_helpers import QUICKSTART, REPO, tiny_opts
 
 from dataseg.engine import LaunchError, build_cfg
 from dataseg.engine.defaults import config_differences, warn_if_config_changed
-from dataseg.engine.launch import find_free_port, launch, rendezvous_from_env
+from dataseg.engine.launch import (
+    default_timeout,
+    find_free_port,
+    launch,
+    rendezvous_from_env,
+)
 from dataseg.engine.slurm import TrainNetJob, default_master_port, rank_environment
 
 # 10 iterations, checkpoints after iterations 2, 5, 8 and at the end; one test set evaluated.
@@ -202,6 +208,14 @@ def test_launch_under_torchrun_refuses_its_own_process_options(monkeypatch):
         launch(print, 2)
 
 
+def test_process_group_timeout_from_the_environment():
+    assert default_timeout({}) == timedelta(minutes=30)
+    assert default_timeout({"DATASEG_DIST_TIMEOUT_MIN": "90"}) == timedelta(minutes=90)
+    for bad in ("0", "soon"):
+        with pytest.raises(LaunchError, match="DATASEG_DIST_TIMEOUT_MIN=.*positive number"):
+            default_timeout({"DATASEG_DIST_TIMEOUT_MIN": bad})
+
+
 def test_train_net_reports_a_broken_environment_in_one_line():
     proc = subprocess.run([sys.executable, str(REPO / "train_net.py"), "--config-file",
                            QUICKSTART], cwd=REPO, env=_env(RANK="0", WORLD_SIZE="2"),
@@ -335,6 +349,25 @@ def test_two_machines_with_torchrun_end_with_the_same_weights(world, reference, 
             "torchrun", 2, 0, 1, "gloo"), r
     # --resume into an empty OUTPUT_DIR: a fresh start, said so
     assert "--resume, but no last_checkpoint in" in (out / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_machines_that_do_not_share_output_dir_refuse_to_resume(world, reference, procs):
+    """Machine 0 sees the finished run's checkpoints, machine 1 (another OUTPUT_DIR, as without
+    a shared filesystem) none: one line says so instead of training from two places."""
+    url = f"tcp://127.0.0.1:{find_free_port()}"
+    for r, out in enumerate((reference[0], world / "not_shared")):
+        procs.append(_Proc([sys.executable] + _train_argv(
+            world, out, "--resume", "--num-machines", "2", "--machine-rank", str(r),
+            "--dist-url", url), world / f"not_shared{r}.log"))
+    for p in procs:
+        with pytest.raises(AssertionError, match="exit status 1"):
+            p.wait()
+    last = procs[0].text().strip().splitlines()[-1]
+    assert re.fullmatch(r"train_net.py: error: the ranks do not resume from the same place: "
+                        r"rank 0 at iteration 10 \(\S+model_final.pth\), rank 1 at iteration 0 "
+                        r"\(no checkpoint\)\. Is OUTPUT_DIR \(\S+\) on a filesystem that every "
+                        r"machine shares\?", last), procs[0].text()[-3000:]
 
 
 # --------------------------------------------------------------- restarts that lose nothing
