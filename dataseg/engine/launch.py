@@ -19,6 +19,7 @@ Every rank prints one line saying how it joined: rank, world size, backend, addr
 """
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Mapping, Optional
@@ -210,10 +211,12 @@ def _check_gpus(backend, per_machine):
 
 
 def _announce(launcher, rank, world_size, backend, url, local_rank, local_size):
-    # printed: the loggers are set up later, inside main_func
-    print(f"dataseg.launch: rank {rank} of {world_size} joined the {backend} process group at "
-          f"{url} (launcher {launcher}, local rank {local_rank} of {local_size}, "
-          f"pid {os.getpid()})", flush=True)
+    # printed (the loggers are set up later, inside main_func), in one write: the ranks share
+    # torchrun's stdout, and print's two writes (text, newline) of two ranks may interleave
+    sys.stdout.write(f"dataseg.launch: rank {rank} of {world_size} joined the {backend} process "
+                     f"group at {url} (launcher {launcher}, local rank {local_rank} of "
+                     f"{local_size}, pid {os.getpid()})\n")
+    sys.stdout.flush()
 
 
 def _restart_store(r, timeout):

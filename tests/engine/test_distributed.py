@@ -409,7 +409,7 @@ def test_killed_torchrun_rank_restarts_and_ends_with_the_same_weights(world, ref
     assert (out / "last_checkpoint").read_text() != "model_final.pth", "killed too late"
     os.kill(victim, signal.SIGKILL)
     text = run.wait()
-    pids = [int(p) for p in re.findall(r"rank 1 of 2 joined .* pid (\d+)\)", text)]
+    pids = [int(m.group(8)) for m in _JOINED.finditer(text) if m.group(1) == "1"]
     assert len(pids) == 2 and pids[0] == victim != pids[1], text[-4000:]
     _assert_resumed(out)
     _assert_trained_and_evaluated(out)
