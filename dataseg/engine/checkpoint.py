@@ -140,8 +140,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with atomic saves, saved RNG states and strict shape checks."""
 
     missing_model_keys = None  # set by each load (see load)
-    # (iteration, [RNG states of rank 0, 1, ...]): set on rank 0 by the trainer just before the
-    # periodic save of that iteration, which stores the list as ``rank_rng_states``
+    # (iteration, [RNG states of rank 0, 1, ...]): set by the trainer just before the periodic
+    # save of that iteration, which stores the list as ``rank_rng_states``
     rank_rng_states = None
 
     def save(self, name, **kwargs):
@@ -151,8 +151,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data["rng_state"] = rng_state()
-        if self.rank_rng_states is not None and self.rank_rng_states[0] == kwargs.get("iteration"):
-            data["rank_rng_states"] = self.rank_rng_states[1]
+        if self.rank_rng_states is not None:
+            gathered_at, states = self.rank_rng_states
+            # the periodic save of that iteration, or Detectron2's final save after training
+            # (no iteration given; nothing drew random numbers since the last step's gather)
+            if kwargs.get("iteration", gathered_at) == gathered_at:
+                data["rank_rng_states"] = states
         data.update(kwargs)
         final = os.path.join(self.save_dir, f"{name}.pth")
         self.remove_stale_temp_files()
