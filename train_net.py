@@ -12,6 +12,10 @@ and test dataset is loaded and checked (--skip-preflight to skip). Errors in the
 datasets files or the weights file are one line naming the file at fault.
 
 --num-gpus N starts N processes per machine: NCCL on GPUs, gloo on CPUs (see README).
+Under torchrun, each of its processes is one rank (see docs/DISTRIBUTED.md):
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        --max-restarts 3 train_net.py --config-file configs/dataseg_r50.yaml --resume
 """
 import os
 import sys
@@ -29,6 +33,7 @@ from dataseg.engine import (  # noqa: E402
     CheckpointError,
     ConfigError,
     DaTaSegTrainer,
+    LaunchError,
     launch,
     parse_args,
     preflight,
@@ -37,7 +42,7 @@ from dataseg.engine import (  # noqa: E402
 from dataseg.engine.trainer import torch_threads_from_env  # noqa: E402
 
 # Errors whose message says all (file, key, record at fault): printed as one line.
-CLEAR_ERRORS = (ConfigError, CheckpointError, DatasetFormatError)
+CLEAR_ERRORS = (ConfigError, CheckpointError, DatasetFormatError, LaunchError)
 
 
 def main(args):

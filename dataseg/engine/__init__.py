@@ -13,11 +13,11 @@ from dataseg.engine.defaults import (
     parse_args,
     setup_cfg,
 )
-from dataseg.engine.launch import launch
+from dataseg.engine.launch import LaunchError, launch
 from dataseg.engine.preflight import PreflightError, preflight
 from dataseg.engine.trainer import DaTaSegTrainer
 
 __all__ = ["AtomicCheckpointer", "CheckpointError", "CheckpointMismatchError",
            "CheckpointNotFoundError", "CheckpointReadError", "ConfigError", "build_cfg",
-           "default_argument_parser", "parse_args", "setup_cfg", "launch", "DaTaSegTrainer",
-           "PreflightError", "preflight"]
+           "default_argument_parser", "parse_args", "setup_cfg", "launch", "LaunchError",
+           "DaTaSegTrainer", "PreflightError", "preflight"]

@@ -3,7 +3,9 @@
 ``save`` writes to a temporary file in the same directory, fsyncs it and ``os.replace``s it
 into place, then updates ``last_checkpoint`` the same way: a crash during a save leaves the
 previous good checkpoint (and the pointer to it) untouched. The random-number states of
-torch, numpy and Python are saved too, so a resumed run continues the same random streams.
+torch, numpy and Python are saved too, so a resumed run continues the same random streams: with
+several processes, every rank's (gathered by the trainer before each periodic save, see
+``AtomicCheckpointer.rank_rng_states``), and each rank of a resumed run takes its own back.
 """
 import os
 import pickle
@@ -12,6 +14,7 @@ import random
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils import comm
 
 from dataseg.conversion import (  # issue 23: Mask2Former / HF / torchvision / timm layouts
     ConversionError,
@@ -144,6 +147,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with atomic saves, saved RNG states and strict shape checks."""
 
     missing_model_keys = None  # set by each load (see load)
+    # (iteration, [RNG states of rank 0, 1, ...]): set by the trainer just before the periodic
+    # save of that iteration, which stores the list as ``rank_rng_states``
+    rank_rng_states = None
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -152,6 +158,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data["rng_state"] = rng_state()
+        if self.rank_rng_states is not None:
+            gathered_at, states = self.rank_rng_states
+            # the periodic save of that iteration, or Detectron2's final save after training
+            # (no iteration given; nothing drew random numbers since the last step's gather)
+            if kwargs.get("iteration", gathered_at) == gathered_at:
+                data["rank_rng_states"] = states
         data.update(kwargs)
         final = os.path.join(self.save_dir, f"{name}.pth")
         self.remove_stale_temp_files()
@@ -219,7 +231,21 @@ class AtomicCheckpointer(DetectionCheckpointer):
         return {"conversion_report": report}
 
     def resume_or_load(self, path, *, resume=True):
+        """Detectron2's, then (when resuming) the RNG states: this rank's own where the
+        checkpoint holds every rank's from a run of the same world size, else rank 0 takes the
+        saved ones and other ranks keep their fresh seeds (``SEED + rank``)."""
         checkpoint = super().resume_or_load(path, resume=resume)
+        per_rank = checkpoint.pop("rank_rng_states", None)
         if resume and "rng_state" in checkpoint:
-            set_rng_state(checkpoint.pop("rng_state"))
+            rank, world = comm.get_rank(), comm.get_world_size()
+            if per_rank is not None and len(per_rank) == world:
+                set_rng_state(per_rank[rank])
+            elif rank == 0:
+                set_rng_state(checkpoint["rng_state"])
+            else:
+                self.logger.warning(
+                    "the checkpoint holds no random-number state for rank %d of %d (saved by "
+                    "a run of %s processes): its random streams restart from its seed", rank,
+                    world, len(per_rank) if per_rank is not None else "an unknown number of")
+            checkpoint.pop("rng_state")
         return checkpoint

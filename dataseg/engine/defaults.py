@@ -5,6 +5,7 @@ import logging
 import os
 
 import torch
+import yaml
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser as d2_argument_parser
@@ -18,7 +19,8 @@ from dataseg.data.register_files import DatasetFileError, register_dataset_files
 from dataseg.utils.atomic import atomic_write_bytes
 
 __all__ = ["default_argument_parser", "parse_args", "setup_cfg", "build_cfg", "ConfigError",
-           "setup_loggers", "register_config_datasets"]
+           "setup_loggers", "register_config_datasets", "config_differences",
+           "warn_if_config_changed"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +173,58 @@ def setup_loggers(output_dir=None):
     return setup_logger(output_dir, distributed_rank=rank)
 
 
+def _flatten(node, prefix=""):
+    out = {}
+    for key, value in (node or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+_ABSENT = "(absent)"
+
+
+def config_differences(saved_yaml: str, cfg):
+    """``[(key, saved value, value in cfg)]`` for every full key whose value differs between
+    a dumped config (``OUTPUT_DIR/config.yaml``) and ``cfg``, sorted by key; a key only one of
+    them has is ``"(absent)"`` in the other."""
+    old = _flatten(yaml.safe_load(saved_yaml))
+    new = _flatten(yaml.safe_load(cfg.dump()))
+    return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(set(old) | set(new))
+            if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+
+
+def _short(value, limit=60):
+    text = repr(value) if value is not _ABSENT else value
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def warn_if_config_changed(cfg, output_dir):
+    """For a run that resumes (``output_dir`` holds ``last_checkpoint``): warns when ``cfg``
+    differs from the ``config.yaml`` that the interrupted run saved there, naming each key that
+    differs (with both values). Returns those keys (empty when nothing differs or nothing is
+    there to compare)."""
+    saved = os.path.join(output_dir, "config.yaml")
+    if not (os.path.isfile(saved) and os.path.isfile(os.path.join(output_dir, "last_checkpoint"))):
+        return []
+    try:
+        with open(saved) as f:
+            diffs = config_differences(f.read(), cfg)
+    except (OSError, yaml.YAMLError) as e:
+        logger.warning("cannot compare the config with %s, saved by the run being resumed: %s",
+                       saved, e)
+        return []
+    if diffs:
+        logger.warning(
+            "resuming with a config that differs from %s, saved by the run being resumed, in "
+            "%d key%s: %s", saved, len(diffs), "" if len(diffs) == 1 else "s",
+            "; ".join(f"{k} ({_short(a)} -> {_short(b)})" for k, a, b in diffs))
+    return [k for k, _, _ in diffs]
+
+
 def _default_setup(cfg, args):
     """Detectron2's default_setup, with the DaTaSeg logger and --eval-only's config written as
     ``config_eval.yaml`` (not over the training run's ``config.yaml`` in the same OUTPUT_DIR)."""
@@ -187,6 +241,8 @@ def _default_setup(cfg, args):
             d2_logger.info("Contents of args.config_file=%s:\n%s", args.config_file, f.read())
     if comm.is_main_process() and output_dir:
         _remove_stale_temp_files(output_dir)
+        if getattr(args, "resume", False) and not getattr(args, "eval_only", False):
+            warn_if_config_changed(cfg, output_dir)
         name = "config_eval.yaml" if getattr(args, "eval_only", False) else "config.yaml"
         path = os.path.join(output_dir, name)
         d2_logger.info("Running with full config:\n%s", cfg.dump())

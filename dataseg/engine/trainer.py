@@ -10,11 +10,12 @@ pieces: a ``SimpleTrainer``/``AMPTrainer`` runs each step (``self.inner``). Diff
   it ``device_ids``.
 - AMP (SOLVER.AMP.ENABLED) is used on GPUs only; on CPUs it is switched off with a warning.
 - Checkpoints hold the optimizer state (Detectron2 0.6's DefaultTrainer leaves it out, so
-  its resumed runs restart AdamW's moments; main keeps it in the same place) and RNG
-  states, and are written atomically (:class:`AtomicCheckpointer`); ``resume_or_load`` also
-  fast-forwards the multi-dataset batch sampler to the resumed iteration, so a resumed run
-  sees the same batches (the same images always; the same augmentations too with
-  DATALOADER.NUM_WORKERS 0, since worker processes draw their own seeds).
+  its resumed runs restart AdamW's moments; main keeps it in the same place) and the RNG
+  states of every rank (gathered before each periodic save), and are written atomically
+  (:class:`AtomicCheckpointer`); ``resume_or_load`` also fast-forwards the multi-dataset batch
+  sampler to the resumed iteration, so a resumed run sees the same batches (the same images
+  always; the same augmentations too with DATALOADER.NUM_WORKERS 0, since worker processes
+  draw their own seeds), and every rank logs which checkpoint and iteration it resumed from.
 - ``test`` evaluates every DATASETS.TEST entry through the evaluator table and prints one
   summary table; results are always keyed by dataset name.
 - After training with several processes, every rank's weight checksum is compared
@@ -40,7 +41,7 @@ from torch.utils.data import DataLoader
 from dataseg.data.build import build_multi_dataset_train_loader, build_test_loader
 from dataseg.data.loading import skipping_bad_records
 from dataseg.engine import d2compat
-from dataseg.engine.checkpoint import AtomicCheckpointer
+from dataseg.engine.checkpoint import AtomicCheckpointer, CheckpointError, rng_state
 from dataseg.engine.evaluation import build_evaluator, write_summary
 from dataseg.engine.optimizer import build_lr_scheduler, build_optimizer
 from dataseg.engine.preflight import preflight
@@ -74,7 +75,8 @@ class _SkipBatches:
 
 class _WeightsSyncCheck(hooks.HookBase):
     def after_train(self):
-        if comm.get_world_size() == 1:
+        # not after a failed or interrupted run: a collective with a rank gone would hang
+        if comm.get_world_size() == 1 or self.trainer.iter + 1 < self.trainer.max_iter:
             return
         checksums = comm.all_gather(weights_checksum(self.trainer.model))
         if comm.is_main_process():
@@ -84,6 +86,22 @@ class _WeightsSyncCheck(hooks.HookBase):
                 logger.error("ranks ended with different weights: %s", checksums)
             else:
                 logger.info("all %d ranks ended with identical weights", len(checksums))
+
+
+class _GatherRankRngStates(hooks.HookBase):
+    """On every rank, just before each save of Detectron2's ``PeriodicCheckpointer`` (same
+    iterations: every ``period``-th and the last), gathers the ranks' RNG states for rank 0's
+    checkpoint, so that each rank of a resumed run continues its own random streams (point
+    sampling in the losses, augmentations)."""
+
+    def __init__(self, checkpointer, period):
+        self.checkpointer, self.period = checkpointer, period
+
+    def after_step(self):
+        it = self.trainer.iter
+        if comm.get_world_size() > 1 and (
+                (it + 1) % self.period == 0 or it >= self.trainer.max_iter - 1):
+            self.checkpointer.rank_rng_states = (it, comm.all_gather(rng_state()))
 
 
 def _is_backbone_group(group) -> bool:
@@ -245,6 +263,7 @@ class DaTaSegTrainer(TrainerBase):
             ret.append(hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model,
                                        self.build_train_loader(precise_cfg),
                                        cfg.TEST.PRECISE_BN.NUM_ITER))
+        ret.append(_GatherRankRngStates(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
 
@@ -281,14 +300,36 @@ class DaTaSegTrainer(TrainerBase):
         starts rather than resumes, the ViT's pretrained weights (MODEL.VIT.WEIGHTS) unless
         MODEL.WEIGHTS gave the trunk."""
         resuming = resume and self.checkpointer.has_checkpoint()
+        source = self.checkpointer.get_checkpoint_file() if resuming else None
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resuming:
             # the checkpoint holds the iteration that had just finished
             self.start_iter = self.iter + 1
+            logger.info("Rank %d resumed from checkpoint %s (iteration %d done): continuing at "
+                        "iteration %d of %d", comm.get_rank(), source, self.iter,
+                        self.start_iter, self.max_iter)
+        elif resume:
+            logger.info("Rank %d: --resume, but no last_checkpoint in %s: starting at "
+                        "iteration 0 from MODEL.WEIGHTS %s", comm.get_rank(),
+                        self.cfg.OUTPUT_DIR, self.cfg.MODEL.WEIGHTS or "(none: from scratch)")
         self.vit_load_report = None if resuming else load_pretrained_vit(
             self.model, self.cfg.MODEL.VIT.WEIGHTS, self.checkpointer.missing_model_keys)
+        self._check_ranks_agree(source)
         if self.start_iter > 0:
             self._fast_forward_data(self.start_iter)
+
+    def _check_ranks_agree(self, source):
+        """Every rank must start at the same iteration: a machine that cannot see OUTPUT_DIR's
+        checkpoints (not on a shared filesystem) would start afresh while the others resume."""
+        if comm.get_world_size() == 1:
+            return
+        starts = comm.all_gather((self.start_iter, source))
+        if len({s for s, _ in starts}) > 1:
+            detail = ", ".join(f"rank {r} at iteration {s} ({src or 'no checkpoint'})"
+                               for r, (s, src) in enumerate(starts))
+            raise CheckpointError(
+                f"the ranks do not resume from the same place: {detail}. Is OUTPUT_DIR "
+                f"({self.cfg.OUTPUT_DIR}) on a filesystem that every machine shares?")
 
     def _fast_forward_data(self, start_iter):
         loader = self.inner.data_loader
