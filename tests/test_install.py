@@ -1,6 +1,6 @@
 """The installable foundation: imports, config keys, the detectron2 install's documented limits."""
+import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -116,14 +116,14 @@ def test_install_plan_names_the_installed_stack():
 
 
 def _python(version):
-    """A working python3.X: pyenv's, else one on PATH (a pyenv shim may not run)."""
-    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    candidates = sorted(Path(root, "versions").glob(f"{version}.*/bin/python{version}"),
-                        reverse=True) + [shutil.which(f"python{version}")]
-    for c in candidates:
-        if c and subprocess.run([str(c), "-c", "pass"], capture_output=True).returncode == 0:
-            return str(c)
-    return None
+    """A working python3.X (scripts/lock.py's search), or None."""
+    spec = importlib.util.spec_from_file_location("dataseg_lock", REPO / "scripts" / "lock.py")
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    try:
+        return lock.find_python(version)
+    except SystemExit:
+        return None
 
 
 @pytest.mark.parametrize("env, needle", [

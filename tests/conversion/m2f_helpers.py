@@ -39,13 +39,8 @@ def hf_model(seed: int = 0, split_cross_attn: bool = False, **sizes):
         num_queries=s["queries"], num_labels=s["classes"], pre_norm=s["pre_norm"])
     model = Mask2FormerForUniversalSegmentation(config).eval()
     g = torch.Generator().manual_seed(seed + 1)
+    randomise_batchnorm(model, g)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(1 + 0.5 * torch.rand(m.running_var.shape, generator=g))
         # the pixel decoder's sampling offsets start at 0 in HF's init: make them matter
         for name, p in model.named_parameters():
             if "sampling_offsets.weight" in name or "attention_weights.weight" in name:
@@ -261,3 +256,17 @@ def hf_to_mask2former_layout(hf_state: Dict) -> Dict[str, np.ndarray]:
     for k, parts in qkv.items():
         out[k] = torch.cat([parts["q"], parts["k"], parts["v"]]).detach().numpy()
     return out
+
+
+def randomise_batchnorm(net, generator):
+    """Gives every BatchNorm2d of ``net`` random affine parameters and running statistics (so
+    that a conversion mixing them up shows); returns ``net``."""
+    g = generator
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(1 + 0.5 * torch.rand(m.running_var.shape, generator=g))
+    return net

@@ -16,6 +16,7 @@ from m2f_helpers import (
     hf_to_mask2former_layout,
     m2f_r50_coco_panoptic_keys,
     pairs,
+    randomise_batchnorm,
     synthesized_m2f_checkpoint,
 )
 
@@ -196,15 +197,7 @@ def _timm_resnet50():
 
 
 def _randomise_bn(net):
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(1 + 0.5 * torch.rand(m.running_var.shape, generator=g))
-    return net
+    return randomise_batchnorm(net, torch.Generator().manual_seed(1))
 
 
 def _stages(net, x):
