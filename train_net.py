@@ -11,7 +11,7 @@ Flags may come before or after the KEY VALUE overrides. Before the first iterati
 and test dataset is loaded and checked (--skip-preflight to skip). Errors in the config, the
 datasets files or the weights file are one line naming the file at fault.
 
---num-gpus N starts N processes per machine: NCCL on GPUs, gloo on CPUs (see README).
+--num-gpus N starts N processes per machine: NCCL on GPUs, gloo on CPUs (see docs/DISTRIBUTED.md).
 Under torchrun, each of its processes is one rank (see docs/DISTRIBUTED.md):
 
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \

@@ -42,7 +42,7 @@ def __getattr__(name):
         f"detectron2 compiled op '_C.{name}' is unavailable: this detectron2 is the v0.6 Python "
         "sources from PyPI (pb1-detectron2), installed without its C++/CUDA extension. "
         "Unavailable: " + "; ".join(UNAVAILABLE_OPS) + ". Install detectron2 from its GitHub "
-        "repository to get them (see DaTaSeg's README, 'Detectron2 install')."
+        "repository to get them (see DaTaSeg's docs/INSTALL.md)."
     )
 
 

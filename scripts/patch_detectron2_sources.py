@@ -1,7 +1,7 @@
 """Make the detectron2 v0.6 PyPI sources (pb1-detectron2) installable without their C++ sources.
 
 The archive lacks ``detectron2/layers/csrc``, so its setup.py cannot build ``detectron2._C``.
-Two minimal changes, both documented in the README and tested in tests/test_install.py:
+Two minimal changes, both documented in docs/INSTALL.md and tested in tests/test_install.py:
 
 1. setup.py builds no extension (``ext_modules=[]``).
 2. ``detectron2/_C.py`` is added: a pure-Python module that answers the module-level

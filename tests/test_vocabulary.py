@@ -352,11 +352,14 @@ TYPED_EXAMPLES = [
 
 
 def test_the_syntax_is_described_once_and_every_example_parses(tmp_path):
-    readme = (REPO / "README.md").read_text()
-    design = (REPO / "docs" / "DESIGN.md").read_text()
-    sections = SYNTAX_SECTION.findall(readme)
-    assert len(sections) == 1 and not SYNTAX_SECTION.findall(design)
-    assert "Vocabulary syntax" in design  # DESIGN points to it instead of describing it again
+    home = (REPO / "docs" / "DATASETS.md").read_text()   # the syntax's one description
+    others = {p.name: p.read_text() for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")]
+              if p.name != "DATASETS.md"}
+    sections = SYNTAX_SECTION.findall(home)
+    assert len(sections) == 1
+    assert [n for n, text in others.items() if SYNTAX_SECTION.findall(text)] == []
+    # DESIGN points to it instead of describing it again
+    assert "Vocabulary syntax" in others["DESIGN.md"]
     section = sections[0]
     blocks = re.findall(r"```text\n(.*?)```", section, re.S)
     assert len(blocks) == 1
@@ -364,7 +367,8 @@ def test_the_syntax_is_described_once_and_every_example_parses(tmp_path):
     prose = re.sub(r"```.*?```", "", section, flags=re.S)
     typed = [c for c in re.findall(r"`([^`]+)`", prose) if ";" in c and c.strip(";")]
     assert typed and all(parse_vocabulary(t).key == example.key for t in typed), typed
-    found = [m for doc in (readme, design) for rx in TYPED_EXAMPLES for m in rx.findall(doc)]
+    found = [m for doc in (home, *others.values()) for rx in TYPED_EXAMPLES
+             for m in rx.findall(doc)]
     assert len(found) >= 3
     for example in found:
         assert len(parse_vocabulary(example)) >= 1, example

@@ -15,7 +15,7 @@ Protocols (``--protocol``):
          images of dataset d; a run on a subset C of the datasets gets
          iters * sum_{d in C} share_d iterations, so each of its datasets is seen exactly as
          often as in the reference run. A separate run on S is therefore shorter.
-  equal-iters  every run gets ``--iters`` iterations (the README's first comparison).
+  equal-iters  every run gets ``--iters`` iterations (docs/RESULTS.md, 'Earlier measurement').
 
     # Table 1/2 subset, 3 seeds (finished runs reused), tables + plots under docs/results/
     python tools/compare_in_miniature.py --tables table2 --rows S P B S+P+B --seeds 0 1 2

@@ -127,8 +127,8 @@ def check_datasets(cfg):
                 raise ConfigError(
                     f"DATASETS.{key}: dataset '{name}' is not registered.{hint} Declare your "
                     "own in a datasets YAML file (DATASETS.REGISTER or train_net.py --datasets "
-                    "FILE) or register them with dataseg.data.register (README, 'Your own "
-                    "data').")
+                    "FILE) or register them with dataseg.data.register (docs/DATASETS.md, "
+                    "'Your own datasets, no code').")
     for key in ("TRAIN_RATIOS", "TRAIN_BATCH_SIZES", "TRAIN_LOSS_WEIGHTS", "TRAIN_AUGMENTATIONS",
                 "TRAIN_CROP_SIZES"):
         try:

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 def detectron2_has_compiled_ops() -> bool:
-    """False for the detectron2 v0.6 PyPI sources installed without ``_C`` (see README)."""
+    """False for the detectron2 v0.6 PyPI sources installed without ``_C`` (see docs/INSTALL.md)."""
     try:
         from detectron2 import _C
     except ImportError:

@@ -1,6 +1,6 @@
 """Drives the demo page in a real headless Chromium (Playwright with the system's Chromium).
 
-Used by the browser test and to make the README's screenshot:
+Used by the browser test and to make the screenshot in docs/INFERENCE.md:
 
     python -m dataseg.web.browser --url http://127.0.0.1:7860 --image IMG \
         --vocab "person; car; grass:stuff" --task panoptic --screenshot docs/web_demo.png
