@@ -52,7 +52,7 @@ def main(args):
         if cfg.DATASETS.PREFLIGHT:
             preflight(cfg, keys=("TEST",))
         model = DaTaSegTrainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        AtomicCheckpointer.from_cfg(model, cfg, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
         return DaTaSegTrainer.test(cfg, model)
     trainer = DaTaSegTrainer(cfg)

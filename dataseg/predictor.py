@@ -111,7 +111,7 @@ class DaTaSegPredictor:
         if model is None:
             model = build_model(self.cfg)
             if self.cfg.MODEL.WEIGHTS:
-                AtomicCheckpointer(model).load(self.cfg.MODEL.WEIGHTS)
+                AtomicCheckpointer.from_cfg(model, self.cfg).load(self.cfg.MODEL.WEIGHTS)
         self.model = model.eval()
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST],
                                         cfg.INPUT.MAX_SIZE_TEST)
