@@ -32,6 +32,7 @@ from dataseg.config import default_vocabulary_from_cfg
 from dataseg.contract import TASKS
 from dataseg.data.dataset_info import get_dataset_info, visualizer_fields
 from dataseg.engine.checkpoint import AtomicCheckpointer
+from dataseg.engine.defaults import setup_datasets
 from dataseg.modeling.dataset_specific import serve_with
 from dataseg.vocabulary import (
     Vocabulary,
@@ -92,6 +93,10 @@ class DaTaSegPredictor:
                  modules_from: Optional[str] = None, embed_now: bool = True):
         self.cfg = cfg.clone()
         self.modules_from = modules_from
+        self.cfg.defrost()
+        # the datasets the config declares (DATASETS.REGISTER files, the synthetic world),
+        # registered as train_net.py registers them: a run's config.yaml is enough here
+        setup_datasets(self.cfg, generate=False)
         self.cfg.freeze()
         # validate the vocabulary before the (slow) model build
         if vocabulary is not None:
