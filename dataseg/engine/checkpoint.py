@@ -199,7 +199,7 @@ class LoadReport:
         if self.kind == "backbone":
             return (f"loaded backbone weights from {self.path}: {len(self.loaded)} tensors; the "
                     f"rest initialised ({len(self.missing)} tensors)"
-                    + (f"; {len(self.unused)} tensors of the file unused "
+                    + (f"; not used from the file: {len(self.unused)} "
                        f"({_examples(self.unused)})" if self.unused else ""))
         if self.kind == "partial":
             total = len(self.loaded) + len(self.missing)
@@ -210,7 +210,8 @@ class LoadReport:
         return f"loaded {self.kind} checkpoint {self.path}: {len(self.loaded)} tensors"
 
 
-def classify_weights(model_state, state, path, partial=False, by_heuristics=False):
+def classify_weights(model_state, state, path, partial=False, by_heuristics=False,
+                     caffe2_names=False):
     """Decides what a state dict is for ``model_state`` (the model's state dict) and returns
     ``(state to load, LoadReport)``; raises a one-line :class:`CheckpointMismatchError` for
     a file the model cannot take.
@@ -221,7 +222,8 @@ def classify_weights(model_state, state, path, partial=False, by_heuristics=Fals
       unless ``partial`` (MODEL.DATASEG.WEIGHTS_PARTIAL) loads the tensors that fit and the
       report lists the rest;
     * a backbone-only file (names of the model's ``backbone.*``, given with that prefix, without
-      it, or matched by Detectron2's heuristics for ``.pkl`` model-zoo files) loads the backbone;
+      it, or matched by Detectron2's heuristics for ``.pkl`` model-zoo files, ``by_heuristics``,
+      with Caffe2 blob names renamed first, ``caffe2_names``) loads the backbone;
       a backbone tensor of another shape is an error;
     * a file with no name of the model is an error ("matches neither").
     """
@@ -231,23 +233,22 @@ def classify_weights(model_state, state, path, partial=False, by_heuristics=Fals
 
         tensors = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
                    for k, v in state.items()}
-        aligned = align_and_update_state_dicts(model_state, tensors, c2_conversion=False)
+        aligned = align_and_update_state_dicts(model_state, tensors, c2_conversion=caffe2_names)
         matched = {k: v for k, v in aligned.items() if k in model_state}
-        if matched:
-            unused = len(state) - len(matched)
-            state = matched
-        else:
-            unused = 0
+        taken = {id(v) for v in matched.values()}
+        unused = [k for k, v in tensors.items() if id(v) not in taken] if matched else []
+        state = matched or tensors
     else:
         state = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
                  for k, v in state.items()}
-        unused = 0
+        unused = []
     heads = {k.split(".")[0] for k in model_state} - {"backbone"}
     full = any(k.split(".")[0] in heads for k in state)
+    prefix = ""  # what was put in front of the file's names
     if not full and not any(k in model_state for k in state):
         prefixed = {"backbone." + k: v for k, v in state.items()}
         if any(k in model_state for k in prefixed):
-            state = prefixed
+            state, prefix = prefixed, "backbone."
     inside = [k for k in state if k in model_state]
     if not inside:
         raise CheckpointMismatchError(
@@ -284,9 +285,8 @@ def classify_weights(model_state, state, path, partial=False, by_heuristics=Fals
             f"{len(shapes)} shape mismatches ({shape_text}). Another depth or width?")
     fits = [k for k in inside if k not in shapes]
     report = LoadReport("backbone" if not outside else "partial", path, fits,
-                        [k for k in model_state if k not in fits], unexpected + shapes)
-    if unused:
-        report.unused += [f"({unused} unmatched)"]
+                        [k for k in model_state if k not in fits],
+                        unused + [k[len(prefix):] for k in unexpected + shapes])
     return {k: state[k] for k in fits}, report
 
 
@@ -387,7 +387,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
             return self.load_converted(local, path, state)
         to_load, report = classify_weights(
             self.model.state_dict(), state, path, partial=self.partial,
-            by_heuristics=bool(checkpoint.get("matching_heuristics", False)))
+            by_heuristics=bool(checkpoint.get("matching_heuristics", False)),
+            caffe2_names=checkpoint.get("__author__", None) == "Caffe2")
         self.model.load_state_dict(to_load, strict=False)
         self.load_report, self.missing_model_keys = report, list(report.missing)
         logger.info("%s", report.summary())
