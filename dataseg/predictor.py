@@ -83,9 +83,11 @@ class DaTaSegPredictor:
         embed_now: False defers embedding the first vocabulary to the first image (the web
             demo, which switches vocabulary per request).
 
-    Attributes: ``model``, ``metadata`` (Detectron2 Metadata for Visualizer and the output
-    writers), ``vocabulary`` (Vocabulary), ``task``, ``vocabulary_name`` (the name the model
-    knows the current vocabulary by), ``input_format``.
+    Attributes: ``model``, ``load_report`` (``dataseg.engine.checkpoint.LoadReport``: what
+    MODEL.WEIGHTS loaded, its ``summary()`` the line the command lines print), ``metadata``
+    (Detectron2 Metadata for Visualizer and the output writers), ``vocabulary``
+    (Vocabulary), ``task``, ``vocabulary_name`` (the name the model knows the current
+    vocabulary by), ``input_format``.
     """
 
     def __init__(self, cfg, vocabulary=None, stuff: Optional[Sequence[str]] = None,
@@ -113,10 +115,12 @@ class DaTaSegPredictor:
                                " / DATASETS.TEST")
             if isinstance(vocabulary, str):
                 get_dataset_info(vocabulary)
+        self.load_report = None  # what MODEL.WEIGHTS loaded (None: a model was given)
         if model is None:
             model = build_model(self.cfg)
-            if self.cfg.MODEL.WEIGHTS:
-                AtomicCheckpointer.from_cfg(model, self.cfg).load(self.cfg.MODEL.WEIGHTS)
+            checkpointer = AtomicCheckpointer.from_cfg(model, self.cfg)
+            checkpointer.load(self.cfg.MODEL.WEIGHTS)
+            self.load_report = checkpointer.load_report
         self.model = model.eval()
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST],
                                         cfg.INPUT.MAX_SIZE_TEST)

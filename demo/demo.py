@@ -156,7 +156,6 @@ def main(argv=None) -> int:
     )
 
     log = setup_logger(name="dataseg.demo")
-    setup_logger(name="dataseg.engine", abbrev_name="dataseg")  # what the checkpoint load says
     logging.getLogger("fvcore").setLevel(logging.WARNING)
     try:
         cfg = build_tool_cfg(args.config_file, args.opts)
@@ -166,6 +165,8 @@ def main(argv=None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"demo.py: {msg}", file=sys.stderr)
         return 2
+    if predictor.load_report is not None:
+        log.info("%s", predictor.load_report.summary())  # what MODEL.WEIGHTS loaded
     log.info("vocabulary: %d classes (%s), task %s", len(predictor.vocabulary),
              ", ".join(predictor.vocabulary.class_names[:20]), predictor.task)
 

@@ -48,7 +48,6 @@ def main(argv=None) -> int:
     # usage errors answer at once (benchmarks/bench_cli_help.py)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import numpy as np
-    from detectron2.utils.logger import setup_logger
 
     import dataseg  # noqa: F401
     from dataseg.engine import CheckpointError, ConfigError
@@ -62,7 +61,6 @@ def main(argv=None) -> int:
     from dataseg.modeling.dataset_specific import DatasetIndex, uses_dataset_specific
     from dataseg.predictor import ImageReadError, VocabularyError, predictor_from_args, read_image
 
-    setup_logger(name="dataseg.engine", abbrev_name="dataseg")  # what the checkpoint load says
     try:
         cfg = build_tool_cfg(args.config_file, args.opts)
         cfg.defrost()
@@ -82,6 +80,8 @@ def main(argv=None) -> int:
         print(f"export_model.py: {e.args[0] if isinstance(e, KeyError) and e.args else e}",
               file=sys.stderr)
         return 2
+    if predictor.load_report is not None:
+        print(predictor.load_report.summary())  # what MODEL.WEIGHTS loaded
     size = args.size or default_export_size(cfg, predictor.model.size_divisibility)
     result = export_model(predictor, args.output, size, torchscript=not args.no_torchscript,
                           dataset=args.dataset)
