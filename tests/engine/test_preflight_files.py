@@ -77,12 +77,27 @@ def test_label_of_another_size_is_one_line_naming_both_files(broken):
     assert f"is {h}x{w - 3} (height x width)" in msg, msg
 
 
-def test_skip_bad_records_warns_instead(broken, caplog):
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_skip_bad_records_warns_instead(broken):
     cfg = _cfg(broken, ("pf_sem_val",), **{"DATASETS.SKIP_BAD_RECORDS": True})
-    with caplog.at_level(logging.WARNING, logger="dataseg.data.file_checks"):
+    # a handler of its own: another test's Detectron2 setup_logger may have stopped "dataseg"
+    # from propagating to caplog's
+    collect, log = _Collect(), logging.getLogger("dataseg.data.file_checks")
+    log.addHandler(collect)
+    try:
         preflight(cfg, keys=("TEST",))
-    assert any("1 of" in r.getMessage() and str(broken["label"]) in r.getMessage()
-               for r in caplog.records)
+    finally:
+        log.removeHandler(collect)
+    assert any("1 of 3 checked records" in m and str(broken["label"]) in m
+               for m in collect.messages), collect.messages
 
 
 def test_large_datasets_are_checked_on_a_stated_sample(tmp_path):
