@@ -13,6 +13,7 @@ and a checkpoint of the model it builds, saved as training saves it (untrained: 
 tested is the plumbing, not the weights).
 """
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -63,7 +64,14 @@ def run(tmp_path_factory):
     args = parse_args(["--config-file", QUICKSTART, "--datasets", str(tmp / "my_datasets.yaml")]
                       + tiny_opts(tmp, out, train=("synth_sem_train",),
                                   test=("my_sem_val", "my_inst_val")))
+    loggers = [logging.getLogger(n) for n in ("dataseg", "detectron2", "d2", "fvcore")]
+    saved = [(log, log.propagate, list(log.handlers), log.level) for log in loggers]
     cfg = setup_cfg(args)  # what train_net.py does first: registers, writes config.yaml
+    for log, propagate, handlers, level in saved:  # setup_cfg's loggers stop propagating:
+        for h in list(log.handlers):  # undo it (this module-scoped fixture runs before the
+            if h not in handlers:  # per-test logger restore of conftest.py)
+                log.removeHandler(h)
+        log.propagate, log.level = propagate, level
     seed_all_rng(0)
     model = build_model(cfg)
     AtomicCheckpointer(model, save_dir=str(out)).save("model_final")
