@@ -8,13 +8,12 @@ rest; an empty MODEL.WEIGHTS says what the model holds instead of Detectron2's "
 found". Real models built from tiny configs (a ResNet-18 and a ViTDet), in this process; the
 command lines are in test_weights_cli.py.
 """
-import logging
 import pickle
 
 import pytest
 import torch
 from detectron2.modeling import build_model
-from engine_helpers import QUICKSTART, REPO, tiny_opts
+from engine_helpers import QUICKSTART, REPO, collect_logs, tiny_opts
 
 from dataseg.engine import AtomicCheckpointer, CheckpointMismatchError, build_cfg
 from dataseg.engine.checkpoint import read_weights
@@ -32,8 +31,11 @@ def vitdet_model(tmp, seed=0):
     return tiny_model(tmp, VITDET_TINY, seed, **{"MODEL.BACKBONE.NAME": "build_vitdet_backbone"})
 
 
-def load_lines(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == "dataseg.engine.checkpoint"]
+def loading(checkpointer, path):
+    """``checkpointer.load(path)`` and the lines it logged."""
+    with collect_logs("dataseg.engine.checkpoint") as lines:
+        checkpointer.load(str(path))
+    return lines
 
 
 @pytest.fixture
@@ -44,15 +46,14 @@ def resnet_ckpt(tmp_path):
     return tmp_path / "resnet_model.pth", model
 
 
-def test_full_checkpoint_of_this_model_loads_every_tensor(tmp_path, resnet_ckpt, caplog):
+def test_full_checkpoint_of_this_model_loads_every_tensor(tmp_path, resnet_ckpt):
     path, source = resnet_ckpt
     cfg, model = tiny_model(tmp_path, seed=2)
-    with caplog.at_level(logging.INFO, logger="dataseg.engine.checkpoint"):
-        AtomicCheckpointer.from_cfg(model, cfg).load(str(path))
+    lines = loading(AtomicCheckpointer.from_cfg(model, cfg), path)
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     n = len(model.state_dict())
-    assert load_lines(caplog) == [f"loaded full checkpoint {path}: {n} tensors"]
+    assert lines == [f"loaded full checkpoint {path}: {n} tensors"]
 
 
 def test_checkpoint_of_another_architecture_is_one_line(tmp_path, resnet_ckpt):
@@ -84,14 +85,13 @@ def test_same_keys_other_shapes_is_one_line_naming_them(tmp_path, resnet_ckpt):
     assert "transformer_decoder.query_feat.weight: checkpoint (8, 32) vs model (12, 32)" in msg
 
 
-def test_partial_switch_loads_what_fits_and_lists_the_rest(tmp_path, resnet_ckpt, caplog):
+def test_partial_switch_loads_what_fits_and_lists_the_rest(tmp_path, resnet_ckpt):
     path, source = resnet_ckpt
     cfg, model = tiny_model(tmp_path, **{"MODEL.DATASEG.NUM_OBJECT_QUERIES": 12,
                                          "MODEL.DATASEG.WEIGHTS_PARTIAL": True})
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     checkpointer = AtomicCheckpointer.from_cfg(model, cfg)
-    with caplog.at_level(logging.INFO, logger="dataseg.engine.checkpoint"):
-        checkpointer.load(str(path))
+    lines = loading(checkpointer, path)
     report = checkpointer.load_report
     assert report.kind == "partial"
     changed = {k for k, v in source.state_dict().items()
@@ -102,7 +102,7 @@ def test_partial_switch_loads_what_fits_and_lists_the_rest(tmp_path, resnet_ckpt
     for key, value in model.state_dict().items():
         expected = fresh[key] if key in changed else source.state_dict()[key]
         assert torch.equal(value, expected), key
-    (line,) = load_lines(caplog)
+    (line,) = lines
     total = len(fresh)
     assert line.startswith(f"loaded {total - 2} of the model's {total} tensors from {path} "
                            "(MODEL.DATASEG.WEIGHTS_PARTIAL); left at initialisation: "
@@ -116,7 +116,7 @@ def _backbone_state(model, prefix=True):
 
 
 @pytest.mark.parametrize("kind", ["prefixed", "bare", "d2_pkl"])
-def test_backbone_only_file_loads_the_backbone_and_says_so(tmp_path, caplog, kind):
+def test_backbone_only_file_loads_the_backbone_and_says_so(tmp_path, kind):
     _, source = tiny_model(tmp_path, seed=1)
     if kind == "prefixed":  # e.g. a DaTaSeg backbone saved alone
         path = tmp_path / "backbone.pth"
@@ -135,8 +135,7 @@ def test_backbone_only_file_loads_the_backbone_and_says_so(tmp_path, caplog, kin
     heads_before = {k: v.clone() for k, v in model.state_dict().items()
                     if not k.startswith("backbone.")}
     checkpointer = AtomicCheckpointer.from_cfg(model, cfg)
-    with caplog.at_level(logging.INFO, logger="dataseg.engine.checkpoint"):
-        checkpointer.load(str(path))
+    lines = loading(checkpointer, path)
     backbone = _backbone_state(source)
     for key, value in model.state_dict().items():
         expected = backbone[key] if key in backbone else heads_before[key]
@@ -144,7 +143,7 @@ def test_backbone_only_file_loads_the_backbone_and_says_so(tmp_path, caplog, kin
     rest = len(heads_before)
     expected_line = (f"loaded backbone weights from {path}: {len(backbone)} tensors; "
                      f"the rest initialised ({rest} tensors)")
-    (line,) = [m for m in load_lines(caplog) if m.startswith("loaded")]
+    (line,) = [m for m in lines if m.startswith("loaded")]
     if kind == "bare":
         expected_line += "; not used from the file: 1 (fc.weight)"
     assert line == expected_line
@@ -167,13 +166,13 @@ def test_file_matching_neither_is_one_line(tmp_path):
         AtomicCheckpointer.from_cfg(model, cfg).load(str(path))
 
 
-def test_empty_weights_say_what_the_model_holds(tmp_path, caplog):
+def test_empty_weights_say_what_the_model_holds(tmp_path):
     cfg = build_cfg(QUICKSTART, tiny_opts(tmp_path, tmp_path / "out", **{
         "MODEL.BACKBONE.NAME": "build_efficientnet_lite0_backbone"}))
     model = build_model(cfg)
-    with caplog.at_level(logging.INFO):
+    with collect_logs("dataseg", "detectron2", "fvcore") as lines:
         AtomicCheckpointer.from_cfg(model, cfg).resume_or_load("", resume=False)
-    text = "\n".join(r.getMessage() for r in caplog.records)
+    text = "\n".join(lines)
     assert "Initializing model from scratch" not in text and "No checkpoint found" not in text
     assert ("No checkpoint loaded (MODEL.WEIGHTS is empty): the backbone holds the packaged "
             "ImageNet EfficientNet-Lite0 weights (MODEL.EFFICIENTNET.PRETRAINED); the rest "
