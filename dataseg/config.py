@@ -302,7 +302,7 @@ def add_dataseg_config(cfg):
     # Pre-flight file checks (engine/preflight.py): every image and label file exists and each
     # label's size (read from its header, no decode) equals its image's. Datasets with more
     # records than this are checked on an even sample of this many records (the log says so);
-    # 0 checks every record. About 50k header reads take ~10 s on one core.
+    # 0 checks every record. 50k records take ~5 s on one core (docs/results/tools.md).
     cfg.DATASETS.PREFLIGHT_FILES_MAX = 50000
 
     # Augmentation presets.
