@@ -267,6 +267,14 @@ def add_dataseg_config(cfg):
     # nor when MODEL.WEIGHTS gave the ViT); building a model, evaluation and export never read it.
     cfg.MODEL.VIT.WEIGHTS = ""
 
+    # ------------------------------------------------ checkpoint loading (engine/checkpoint.py)
+    # MODEL.WEIGHTS of a full DaTaSeg checkpoint must fit the model exactly (every key present,
+    # every shape equal) or loading stops with one line naming the keys that differ. True loads
+    # the tensors that fit on purpose (fine-tuning with a new head, other queries or classes)
+    # and logs what was left at initialisation and what the file held that was not used.
+    # Backbone-only files (ImageNet/MAE/torchvision/timm, Detectron2 .pkl) load without it.
+    cfg.MODEL.DATASEG.WEIGHTS_PARTIAL = False
+
     # ------------------------------------------------------------------ datasets
     # Per training dataset (same order as DATASETS.TRAIN); empty = defaults.
     # Sampling ratio of each dataset (normalised; empty = equal).
@@ -291,6 +299,11 @@ def add_dataseg_config(cfg):
     # Load every train and test dataset's records (not images) before the first iteration, so
     # a format error in a test set stops the run at its start (train_net.py --skip-preflight).
     cfg.DATASETS.PREFLIGHT = True
+    # Pre-flight file checks (engine/preflight.py): every image and label file exists and each
+    # label's size (read from its header, no decode) equals its image's. Datasets with more
+    # records than this are checked on an even sample of this many records (the log says so);
+    # 0 checks every record. 50k records take ~5 s on one core (docs/results/tools.md).
+    cfg.DATASETS.PREFLIGHT_FILES_MAX = 50000
 
     # Augmentation presets.
     cfg.INPUT.LSJ = CN()

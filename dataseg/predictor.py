@@ -32,6 +32,7 @@ from dataseg.config import default_vocabulary_from_cfg
 from dataseg.contract import TASKS
 from dataseg.data.dataset_info import get_dataset_info, visualizer_fields
 from dataseg.engine.checkpoint import AtomicCheckpointer
+from dataseg.engine.defaults import setup_datasets
 from dataseg.modeling.dataset_specific import serve_with
 from dataseg.vocabulary import (
     Vocabulary,
@@ -82,9 +83,11 @@ class DaTaSegPredictor:
         embed_now: False defers embedding the first vocabulary to the first image (the web
             demo, which switches vocabulary per request).
 
-    Attributes: ``model``, ``metadata`` (Detectron2 Metadata for Visualizer and the output
-    writers), ``vocabulary`` (Vocabulary), ``task``, ``vocabulary_name`` (the name the model
-    knows the current vocabulary by), ``input_format``.
+    Attributes: ``model``, ``load_report`` (``dataseg.engine.checkpoint.LoadReport``: what
+    MODEL.WEIGHTS loaded, its ``summary()`` the line the command lines print), ``metadata``
+    (Detectron2 Metadata for Visualizer and the output writers), ``vocabulary``
+    (Vocabulary), ``task``, ``vocabulary_name`` (the name the model knows the current
+    vocabulary by), ``input_format``.
     """
 
     def __init__(self, cfg, vocabulary=None, stuff: Optional[Sequence[str]] = None,
@@ -92,6 +95,10 @@ class DaTaSegPredictor:
                  modules_from: Optional[str] = None, embed_now: bool = True):
         self.cfg = cfg.clone()
         self.modules_from = modules_from
+        self.cfg.defrost()
+        # the datasets the config declares (DATASETS.REGISTER files, the synthetic world),
+        # registered as train_net.py registers them: a run's config.yaml is enough here
+        setup_datasets(self.cfg, generate=False)
         self.cfg.freeze()
         # validate the vocabulary before the (slow) model build
         if vocabulary is not None:
@@ -108,10 +115,12 @@ class DaTaSegPredictor:
                                " / DATASETS.TEST")
             if isinstance(vocabulary, str):
                 get_dataset_info(vocabulary)
+        self.load_report = None  # what MODEL.WEIGHTS loaded (None: a model was given)
         if model is None:
             model = build_model(self.cfg)
-            if self.cfg.MODEL.WEIGHTS:
-                AtomicCheckpointer(model).load(self.cfg.MODEL.WEIGHTS)
+            checkpointer = AtomicCheckpointer.from_cfg(model, self.cfg)
+            checkpointer.load(self.cfg.MODEL.WEIGHTS)
+            self.load_report = checkpointer.load_report
         self.model = model.eval()
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST],
                                         cfg.INPUT.MAX_SIZE_TEST)

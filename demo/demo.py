@@ -30,21 +30,8 @@ import os
 import sys
 from pathlib import Path
 
-import cv2
-import tqdm
-from detectron2.utils.logger import setup_logger
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import dataseg  # noqa: E402,F401  (registers DaTaSeg and the datasets)
-from dataseg.engine import ConfigError, build_cfg  # noqa: E402
-from dataseg.outputs import PredictionWriter, draw_predictions  # noqa: E402
-from dataseg.predictor import (  # noqa: E402
-    ImageReadError,
-    VocabularyError,
-    predictor_from_args,
-    read_image,
-)
+# torch, Detectron2, OpenCV and dataseg are imported after the arguments are parsed (main), so
+# --help and usage errors answer at once (benchmarks/bench_cli_help.py).
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TASKS = ("semantic", "panoptic", "instance")
@@ -110,6 +97,11 @@ def unique_stem(path: str, used: set) -> str:
 
 
 def run_video(predictor, path, output_dir, threshold, log, scale=None):
+    import cv2
+    import tqdm
+
+    from dataseg.outputs import draw_predictions
+
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         raise OSError("cannot open the video")
@@ -142,22 +134,39 @@ def run_video(predictor, path, output_dir, threshold, log, scale=None):
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    log = setup_logger(name="dataseg.demo")
-    logging.getLogger("fvcore").setLevel(logging.WARNING)
     if not args.input and not args.video_input:
         print("demo.py: give --input and/or --video-input", file=sys.stderr)
         return 2
     if args.scale is not None and not args.scale > 0:
         print(f"demo.py: --scale must be > 0, got {args.scale}", file=sys.stderr)
         return 2
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import tqdm
+    from detectron2.utils.logger import setup_logger
+
+    import dataseg  # noqa: F401  (registers DaTaSeg and the datasets)
+    from dataseg.engine import CheckpointError, ConfigError
+    from dataseg.engine.defaults import build_tool_cfg
+    from dataseg.outputs import PredictionWriter
+    from dataseg.predictor import (
+        ImageReadError,
+        VocabularyError,
+        predictor_from_args,
+        read_image,
+    )
+
+    log = setup_logger(name="dataseg.demo")
+    logging.getLogger("fvcore").setLevel(logging.WARNING)
     try:
-        cfg = build_cfg(args.config_file, args.opts)
+        cfg = build_tool_cfg(args.config_file, args.opts)
         predictor = predictor_from_args(cfg, args.vocab, args.vocab_file, args.dataset,
                                         args.task, modules_from=args.modules_from)
-    except (ConfigError, VocabularyError, KeyError, ValueError) as e:
+    except (ConfigError, CheckpointError, VocabularyError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"demo.py: {msg}", file=sys.stderr)
         return 2
+    if predictor.load_report is not None:
+        log.info("%s", predictor.load_report.summary())  # what MODEL.WEIGHTS loaded
     log.info("vocabulary: %d classes (%s), task %s", len(predictor.vocabulary),
              ", ".join(predictor.vocabulary.class_names[:20]), predictor.task)
 
@@ -172,9 +181,8 @@ def main(argv=None) -> int:
         for path in tqdm.tqdm(paths, desc="images", unit="img"):
             try:
                 image = read_image(path)
-            except ImageReadError as e:
-                failed.append((path, "cannot be read as an image"))
-                tqdm.tqdm.write(f"skipped {e}")
+            except ImageReadError:
+                failed.append((path, "cannot be read as an image"))  # reported once, below
                 continue
             try:
                 outputs = predictor(image)
@@ -182,7 +190,6 @@ def main(argv=None) -> int:
                              source=str(path))
             except (RuntimeError, ValueError, OSError) as e:
                 failed.append((path, f"{type(e).__name__}: {e}"))
-                tqdm.tqdm.write(f"skipped {path}: {type(e).__name__}: {e}")
         writer.close()
     if args.video_input:
         total += 1

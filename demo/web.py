@@ -14,12 +14,8 @@ import socket
 import sys
 from pathlib import Path
 
-import uvicorn
-from detectron2.utils.logger import setup_logger
-
-from dataseg.engine.defaults import ConfigError, build_cfg
-from dataseg.web.app import create_app
-from dataseg.web.service import IMAGE_SUFFIXES, Limits, SegmentationService, example_images_from_cfg
+# uvicorn, torch, Detectron2 and dataseg are imported after the arguments are parsed (main), so
+# --help and usage errors answer at once (benchmarks/bench_cli_help.py).
 
 
 def get_parser():
@@ -56,6 +52,8 @@ def get_parser():
 
 
 def _examples(paths):
+    from dataseg.web.service import IMAGE_SUFFIXES
+
     found = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -81,19 +79,26 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if not Path(args.config_file).is_file():
+        raise SystemExit(f"error: config file not found: {args.config_file}")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import uvicorn
+    from detectron2.utils.logger import setup_logger
+
+    from dataseg.engine import CheckpointError
+    from dataseg.engine.defaults import ConfigError, build_tool_cfg
+    from dataseg.web.app import create_app
+    from dataseg.web.service import Limits, SegmentationService, example_images_from_cfg
+
     setup_logger(name="dataseg")
     setup_logger(name="detectron2", abbrev_name="d2")
     log = logging.getLogger("dataseg.web")
-    if not Path(args.config_file).is_file():
-        raise SystemExit(f"error: config file not found: {args.config_file}")
     try:
-        cfg = build_cfg(args.config_file, args.opts)
+        # the datasets the config declares, as train_net.py registers them (the examples are
+        # their images: the synthetic world is generated on first use)
+        cfg = build_tool_cfg(args.config_file, args.opts, generate=True)
     except ConfigError as e:
-        raise SystemExit(f"error: {e}") from e
-    if any(n.startswith("synth_") for n in cfg.DATASETS.TEST):
-        from dataseg.data.synthetic import register_synthetic_world
-
-        register_synthetic_world(cfg)  # names and vocabularies; writes nothing
+        raise SystemExit(f"error: {e}") from None
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not Path(weights).is_file():
         raise SystemExit(f"error: MODEL.WEIGHTS file not found: {weights} (train one first, e.g. "
@@ -109,8 +114,8 @@ def main(argv=None):
     try:
         service = SegmentationService(cfg, limits, args.confidence_threshold, examples,
                                       modules_from=args.modules_from)
-    except ValueError as e:  # e.g. a dataset-specific model without --modules-from
-        raise SystemExit(f"error: {e}") from None
+    except (ValueError, CheckpointError) as e:  # e.g. a dataset-specific model without
+        raise SystemExit(f"error: {e}") from None  # --modules-from; a checkpoint that does not fit
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -1,4 +1,6 @@
 """Tiny end-to-end configurations shared by the engine tests (real model, trainer, evaluators)."""
+import contextlib
+import logging
 import math
 from pathlib import Path
 
@@ -82,3 +84,29 @@ def write_random_semantic(root: Path, n: int, num_classes: int, size=(32, 40)):
         Image.fromarray(rng.integers(0, num_classes, size, dtype=np.uint8)).save(
             root / "lbl" / f"{k}.png")
     return root / "img", root / "lbl"
+
+
+@contextlib.contextmanager
+def collect_logs(*names, level=logging.INFO):
+    """The messages logged to the loggers ``names`` (and their children) at ``level`` or above
+    meanwhile, by a handler of its own: Detectron2's setup_logger (run by a train_net.py set-up
+    in this process) stops "dataseg" and "detectron2" from propagating to pytest's caplog."""
+    messages = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = _Collect(level)
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.addHandler(handler)
+        if not log.isEnabledFor(level):
+            log.setLevel(level)
+    try:
+        yield messages
+    finally:
+        for log, old in zip(loggers, levels):
+            log.removeHandler(handler)
+            log.setLevel(old)

@@ -30,8 +30,8 @@ from dataseg.conversion import (  # noqa: E402
     LAYOUTS,
     ConversionError,
     convert_state_dict,
-    read_weights_file,
 )
+from dataseg.engine.checkpoint import CheckpointError, read_weights  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -58,10 +58,10 @@ def main(argv=None) -> int:
         cfg.MODEL.DEVICE = "cpu"
         model = build_model(cfg)
     try:
-        state = read_weights_file(args.input)["model"]
+        state = read_weights(args.input)[1]
         layout = None if args.layout == "auto" else args.layout
         converted, report = convert_state_dict(state, args.input, model, layout)
-    except ConversionError as e:
+    except (ConversionError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(report.summary())

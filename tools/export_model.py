@@ -22,31 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import dataseg  # noqa: E402,F401
-from dataseg.engine import ConfigError, build_cfg  # noqa: E402
-from dataseg.export import (  # noqa: E402
-    ExportedPredictor,
-    compare_with_eager,
-    default_export_size,
-    export_model,
-)
-from dataseg.modeling.dataset_specific import (  # noqa: E402
-    DatasetIndex,
-    uses_dataset_specific,
-)
-from dataseg.predictor import (  # noqa: E402
-    ImageReadError,
-    VocabularyError,
-    predictor_from_args,
-    read_image,
-)
-
-
-def main(argv=None) -> int:
+def get_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config-file", default="configs/quickstart.yaml", metavar="FILE")
     p.add_argument("--output", required=True, help="output folder")
@@ -62,9 +39,30 @@ def main(argv=None) -> int:
     p.add_argument("--check-images", nargs="*", default=[],
                    help="images or globs to compare ONNX vs eager on")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    # torch, Detectron2 and dataseg are imported after the arguments are parsed, so --help and
+    # usage errors answer at once (benchmarks/bench_cli_help.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import numpy as np
+
+    import dataseg  # noqa: F401
+    from dataseg.engine import CheckpointError, ConfigError
+    from dataseg.engine.defaults import build_tool_cfg
+    from dataseg.export import (
+        ExportedPredictor,
+        compare_with_eager,
+        default_export_size,
+        export_model,
+    )
+    from dataseg.modeling.dataset_specific import DatasetIndex, uses_dataset_specific
+    from dataseg.predictor import ImageReadError, VocabularyError, predictor_from_args, read_image
+
     try:
-        cfg = build_cfg(args.config_file, args.opts)
+        cfg = build_tool_cfg(args.config_file, args.opts)
         cfg.defrost()
         cfg.MODEL.DEVICE = "cpu"
         cfg.MODEL.DATASEG.PIXEL_DECODER.DEFORM_ATTN_IMPL = "pytorch"
@@ -78,10 +76,12 @@ def main(argv=None) -> int:
             index.require(args.dataset, "--dataset")
         predictor = predictor_from_args(cfg, args.vocab, args.vocab_file, args.dataset,
                                         args.task)
-    except (ConfigError, VocabularyError, KeyError, ValueError) as e:
+    except (ConfigError, CheckpointError, VocabularyError, KeyError, ValueError) as e:
         print(f"export_model.py: {e.args[0] if isinstance(e, KeyError) and e.args else e}",
               file=sys.stderr)
         return 2
+    if predictor.load_report is not None:
+        print(predictor.load_report.summary())  # what MODEL.WEIGHTS loaded
     size = args.size or default_export_size(cfg, predictor.model.size_divisibility)
     result = export_model(predictor, args.output, size, torchscript=not args.no_torchscript,
                           dataset=args.dataset)

@@ -24,12 +24,11 @@ dropped, and reported, for a model with the text classifier.
 
 ``MODEL.WEIGHTS``: ``AtomicCheckpointer.load`` (``dataseg/engine/checkpoint.py``) asks
 ``detect_layout`` of every file it reads and loads a recognised one through
-``convert_state_dict`` (``.safetensors`` files are read by ``read_weights_file``);
-``tools/convert_checkpoint.py`` writes the converted file.
+``convert_state_dict``; every weights file (``.pth``, ``.pkl``, ``.safetensors``) is read by
+``dataseg.engine.checkpoint.read_weights``, the one reader; ``tools/convert_checkpoint.py``
+writes the converted file.
 """
 import logging
-import os
-import pickle
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -40,8 +39,7 @@ from .mask2former import HF_PREFIXES, M2F_PREFIXES, convert_hf_mask2former, conv
 from .resnet import check_stride_in_3x3, convert_torchvision_resnet, is_torchvision_resnet
 
 __all__ = ["ConversionError", "ConversionShapeError", "ConversionReport", "LAYOUTS",
-           "convert_state_dict", "detect_layout",
-           "read_weights_file"]
+           "convert_state_dict", "detect_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -228,34 +226,3 @@ def _fit_to_model(out: Dict, report: ConversionReport, model) -> Dict:
         except ValueError as e:
             raise ConversionShapeError(str(e)) from None
     return fitted
-
-
-def read_weights_file(filename: str) -> Dict:
-    """A weights file of any of the layouts -> {"model": {key: array}}: safetensors,
-    ``torch.load(weights_only=True)`` (no code runs), or a ``.pkl`` unpickled as Detectron2
-    reads its pickles (a pickle can run code: only convert files you trust)."""
-    if not os.path.isfile(filename):
-        raise ConversionError(f"{filename}: no such file")
-    size = os.path.getsize(filename)
-    try:
-        if filename.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            data = load_file(filename)
-        elif filename.endswith(".pkl"):
-            with open(filename, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-        else:
-            data = torch.load(filename, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (any reader error is "unreadable", in one line)
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConversionError(f"{filename}: unreadable or truncated weights file ({size} bytes): "
-                              f"{type(e).__name__}: {reason}") from None
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    elif isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict) or not data or not all(
-            isinstance(v, (np.ndarray, torch.Tensor)) for v in data.values()):
-        raise ConversionError(f"{filename}: not a checkpoint (expected a state dict of arrays, "
-                              "or a dict with one under 'model' or 'state_dict')")
-    return {"model": data}

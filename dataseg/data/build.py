@@ -17,6 +17,7 @@ from detectron2.utils import comm
 
 from ..config import per_train_dataset
 from .columnar import ColumnarBoxDataset
+from .file_checks import check_dataset_files
 from .loading import skipping_bad_records
 from .mappers import build_test_mapper, build_train_mapper
 from .register_files import RegisterDatasetFiles
@@ -101,10 +102,15 @@ def get_train_dataset_dicts(cfg, dataset_name: str) -> Sequence:
     """Records of one training dataset; empty ones dropped when
     cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS (instance/box data, as Detectron2 does).
 
+    With DATASETS.PREFLIGHT their files are checked first (``dataseg.data.file_checks``).
     The records are used as the loader made them ("dataset_name" is the loaders' to set; the
     model inputs get it from the mapper), read with cfg.DATASETS.SKIP_BAD_RECORDS in scope."""
     with skipping_bad_records(cfg.DATASETS.SKIP_BAD_RECORDS):
         dicts = DatasetCatalog.get(dataset_name)
+    if cfg.DATASETS.get("PREFLIGHT", False):  # files and label sizes, before iteration 0
+        check_dataset_files(dicts, f"pre-flight check of DATASETS.TRAIN '{dataset_name}'",
+                            cfg.DATASETS.get("PREFLIGHT_FILES_MAX", 0),
+                            cfg.DATASETS.SKIP_BAD_RECORDS)
     if isinstance(dicts, ColumnarBoxDataset):  # lazy, memory-mapped: filter without materialising
         return dicts.nonempty() if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS else dicts
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:

@@ -7,9 +7,12 @@ torch, numpy and Python are saved too, so a resumed run continues the same rando
 several processes, every rank's (gathered by the trainer before each periodic save, see
 ``AtomicCheckpointer.rank_rng_states``), and each rank of a resumed run takes its own back.
 """
+import logging
 import os
 import pickle
 import random
+from dataclasses import dataclass, field
+from typing import List
 
 import numpy as np
 import torch
@@ -21,12 +24,14 @@ from dataseg.conversion import (  # issue 23: Mask2Former / HF / torchvision / t
     ConversionShapeError,
     convert_state_dict,
     detect_layout,
-    read_weights_file,
 )
 from dataseg.utils.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["AtomicCheckpointer", "CheckpointError", "CheckpointMismatchError",
-           "CheckpointNotFoundError", "CheckpointReadError", "check_weights_fit", "read_weights"]
+           "CheckpointNotFoundError", "CheckpointReadError", "LoadReport", "classify_weights",
+           "initial_weights_text", "read_weights"]
+
+logger = logging.getLogger(__name__)
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 
@@ -55,6 +60,12 @@ def _unreadable_reason(filename, error) -> str:
     size = os.path.getsize(filename)
     if size == 0:
         return "the file is empty"
+    if filename.endswith(".pkl"):
+        return (f"a truncated or corrupt pickle ({size} bytes; {type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'no detail'})")
+    if filename.endswith(".safetensors"):
+        return (f"a truncated or corrupt safetensors file ({size} bytes; "
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__})")
     if head == _ZIP_MAGIC and "Unsupported global" in str(error):
         return ("it holds Python objects other than tensors and plain values, which are not "
                 "loaded from a file that could run code; re-save it as a state dict")
@@ -90,66 +101,229 @@ def _strip_module(state):
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def read_weights(filename):
-    """The weights a checkpoint file holds, as ``(state dict, matched_by_heuristics)``, read the
-    way Detectron2's checkpointer reads them: a ``.pkl`` is a Detectron2 model-zoo pickle (a
-    dict with ``model``; ``matching_heuristics`` tells whether its names are matched by
-    heuristics) or a Caffe2-style blob dict (always matched by heuristics); anything else is a
-    ``torch.save`` file holding ``{"model": state}`` or a bare state dict (memory-mapped here,
-    so this read costs little). An unreadable file is a one-line :class:`CheckpointReadError`."""
-    try:
-        if filename.endswith(".pkl"):
-            with open(filename, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-            if isinstance(data, dict) and "model" in data and "__author__" in data:
-                return data["model"], bool(data.get("matching_heuristics", False))
+def _read_file(filename):
+    """``(data, state)``: what the file holds and the state dict in it (see read_weights)."""
+    if filename.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        data = load_file(filename)
+    elif filename.endswith(".pkl"):
+        with open(filename, "rb") as f:
+            data = pickle.load(f, encoding="latin1")
+        if not (isinstance(data, dict) and "model" in data and "__author__" in data):
+            # a Caffe2-style blob dict (Detectron2's ImageNet backbones): names matched by
+            # heuristics, as Detectron2's checkpointer reads them
             blobs = data.get("blobs", data) if isinstance(data, dict) else data
-            return blobs, True
+            if isinstance(blobs, dict):
+                blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+            data = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+    else:
         try:
             data = torch.load(filename, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
             data = torch.load(filename, map_location="cpu", weights_only=True)
-    except Exception as e:
+    return data
+
+
+def read_weights(filename):
+    """The one reader of weights files (MODEL.WEIGHTS, tools/convert_checkpoint.py):
+    ``(checkpoint, state)`` where ``checkpoint`` is the dict the file holds (with ``"model"``:
+    the state dict, plus optimizer, scheduler, iteration, RNG states for a DaTaSeg training
+    checkpoint) and ``state`` the state dict {name: tensor or array}.
+
+    Formats: a ``.pkl`` is a Detectron2 model-zoo pickle (a dict with ``model`` and
+    ``__author__``; ``matching_heuristics`` tells whether its names are matched by heuristics)
+    or a Caffe2-style blob dict (always matched by heuristics), unpickled as Detectron2 does (a
+    pickle can run code: only load files you trust); ``.safetensors``; anything else is a
+    ``torch.save`` file read with ``weights_only=True`` (no code runs; memory-mapped, so this
+    read costs little) holding ``{"model": state}``, ``{"state_dict": state}`` or a bare state
+    dict. A missing file is :class:`CheckpointNotFoundError`, an unreadable one a one-line
+    :class:`CheckpointReadError` ("cannot load weights file FILE: why")."""
+    if not os.path.isfile(filename):
+        raise CheckpointNotFoundError(f"weights file not found: {filename}")
+    try:
+        data = _read_file(filename)
+    except Exception as e:  # noqa: BLE001  (any reader error is "unreadable", in one line)
         raise CheckpointReadError(f"cannot load weights file {filename}: "
                                   f"{_unreadable_reason(filename, e)}") from None
-    state = data.get("model", data) if isinstance(data, dict) else None
-    if not isinstance(state, dict) or not all(
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        checkpoint = data
+    elif isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        checkpoint = {k: v for k, v in data.items() if k != "state_dict"}
+        checkpoint["model"] = data["state_dict"]
+    elif isinstance(data, dict) and "model" not in data:
+        checkpoint = {"model": data}
+    else:
+        checkpoint = None
+    state = checkpoint["model"] if checkpoint is not None else None
+    if not isinstance(state, dict) or not state or not all(
             isinstance(v, (torch.Tensor, np.ndarray)) for v in state.values()):
         raise CheckpointReadError(
             f"cannot load weights file {filename}: not a checkpoint (expected a dict with a "
-            "'model' state dict of tensors, or a state dict)")
-    return state, bool(isinstance(data, dict) and data.get("matching_heuristics", False))
+            "'model' or 'state_dict' state dict of tensors, or a state dict)")
+    return checkpoint, state
 
 
-def check_weights_fit(model, weights, path):
-    """Refuses weights whose shapes differ from the model's, or of which no name matches (a
-    checkpoint of another architecture): :class:`CheckpointMismatchError` naming ``path``.
-    Returns the model keys the weights do not hold."""
-    model_state = getattr(model, "module", model).state_dict()
-    ckpt_state = _strip_module(weights)
-    mismatched = [f"{key}: checkpoint {tuple(value.shape)} vs model "
-                  f"{tuple(model_state[key].shape)}"
-                  for key, value in ckpt_state.items()
-                  if key in model_state and tuple(model_state[key].shape) != tuple(value.shape)]
-    matched = [k for k in ckpt_state if k in model_state]
-    if mismatched or (ckpt_state and not matched):
-        detail = "; ".join(mismatched[:10]) if mismatched else "no parameter name matches"
+def _examples(keys, n=3):
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def _groups(keys, depth=2):
+    """``"pixel_decoder.input_proj.* (12), ..."``: keys counted by their first names."""
+    counts = {}
+    for k in keys:
+        top = ".".join(k.split(".")[:depth])
+        counts[top] = counts.get(top, 0) + 1
+    return ", ".join(f"{g}.* ({n})" for g, n in counts.items())
+
+
+@dataclass
+class LoadReport:
+    """What ``AtomicCheckpointer.load`` loaded: ``kind`` ("full": a checkpoint of this model,
+    "partial": MODEL.DATASEG.WEIGHTS_PARTIAL's matching tensors, "backbone": backbone weights
+    only, "converted": another codebase's layout, "none": MODEL.WEIGHTS empty), the file,
+    ``loaded`` model keys filled from it, ``missing`` model keys left at initialisation,
+    ``unused`` file keys not loaded."""
+    kind: str
+    path: str = ""
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unused: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.kind == "none":
+            return "MODEL.WEIGHTS is empty: no checkpoint loaded"
+        if self.kind == "backbone":
+            return (f"loaded backbone weights from {self.path}: {len(self.loaded)} tensors; the "
+                    f"rest initialised ({len(self.missing)} tensors)"
+                    + (f"; not used from the file: {len(self.unused)} "
+                       f"({_examples(self.unused)})" if self.unused else ""))
+        if self.kind == "partial":
+            total = len(self.loaded) + len(self.missing)
+            return (f"loaded {len(self.loaded)} of the model's {total} tensors from "
+                    f"{self.path} (MODEL.DATASEG.WEIGHTS_PARTIAL); left at "
+                    f"initialisation: {_groups(self.missing) or 'none'}; not used from the file: "
+                    f"{len(self.unused)}" + (f" ({_examples(self.unused)})" if self.unused else ""))
+        return f"loaded {self.kind} checkpoint {self.path}: {len(self.loaded)} tensors"
+
+
+def classify_weights(model_state, state, path, partial=False, by_heuristics=False,
+                     caffe2_names=False):
+    """Decides what a state dict is for ``model_state`` (the model's state dict) and returns
+    ``(state to load, LoadReport)``; raises a one-line :class:`CheckpointMismatchError` for
+    a file the model cannot take.
+
+    * a full DaTaSeg checkpoint (it has keys of the model's modules other than the backbone:
+      pixel decoder, decoder, ...) must hold every model key with the model's shape and no key
+      the model lacks; otherwise the error names the first keys that differ and how many,
+      unless ``partial`` (MODEL.DATASEG.WEIGHTS_PARTIAL) loads the tensors that fit and the
+      report lists the rest;
+    * a backbone-only file (names of the model's ``backbone.*``, given with that prefix, without
+      it, or matched by Detectron2's heuristics for ``.pkl`` model-zoo files, ``by_heuristics``,
+      with Caffe2 blob names renamed first, ``caffe2_names``) loads the backbone;
+      a backbone tensor of another shape is an error;
+    * a file with no name of the model is an error ("matches neither").
+    """
+    state = _strip_module(state)
+    if by_heuristics:
+        from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+
+        tensors = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+                   for k, v in state.items()}
+        aligned = align_and_update_state_dicts(model_state, tensors, c2_conversion=caffe2_names)
+        matched = {k: v for k, v in aligned.items() if k in model_state}
+        taken = {id(v) for v in matched.values()}
+        unused = [k for k, v in tensors.items() if id(v) not in taken] if matched else []
+        state = matched or tensors
+    else:
+        state = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+                 for k, v in state.items()}
+        unused = []
+    heads = {k.split(".")[0] for k in model_state} - {"backbone"}
+    full = any(k.split(".")[0] in heads for k in state)
+    prefix = ""  # what was put in front of the file's names
+    if not full and not any(k in model_state for k in state):
+        prefixed = {"backbone." + k: v for k, v in state.items()}
+        if any(k in model_state for k in prefixed):
+            state, prefix = prefixed, "backbone."
+    inside = [k for k in state if k in model_state]
+    if not inside:
         raise CheckpointMismatchError(
-            f"checkpoint {path} does not match the model built from the config "
-            f"({len(mismatched)} shape mismatches; {detail}). Was it trained with another "
-            "architecture (hidden dim, queries, backbone)?")
-    return [k for k in model_state if k not in ckpt_state]
+            f"checkpoint {path} matches neither the model built from the config nor its "
+            f"backbone: none of its {len(state)} tensor names is one of the model's (file: "
+            f"{_examples(sorted(state))}; model: {_examples(sorted(model_state))})")
+    shapes = [k for k in inside if tuple(state[k].shape) != tuple(model_state[k].shape)]
+    shape_text = "; ".join(f"{k}: checkpoint {tuple(state[k].shape)} vs model "
+                           f"{tuple(model_state[k].shape)}" for k in shapes[:3])
+    missing = [k for k in model_state if k not in state]
+    unexpected = [k for k in state if k not in model_state]
+    if full:
+        if (missing or unexpected or shapes) and not partial:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} model keys missing from it ({_examples(missing)})")
+            if unexpected:
+                parts.append(f"{len(unexpected)} keys the model lacks ({_examples(unexpected)})")
+            if shapes:
+                parts.append(f"{len(shapes)} shape mismatches ({shape_text})")
+            raise CheckpointMismatchError(
+                f"checkpoint {path} does not match the model built from the config: "
+                f"{'; '.join(parts)}. Was it trained with another architecture (backbone, "
+                "hidden dim, queries)? MODEL.DATASEG.WEIGHTS_PARTIAL True loads the tensors "
+                "that fit on purpose (fine-tuning with a new head)")
+        fits = [k for k in inside if k not in shapes]
+        kind = "partial" if (missing or unexpected or shapes) else "full"
+        report = LoadReport(kind, path, fits, missing + shapes, unexpected + shapes)
+        return {k: state[k] for k in fits}, report
+    outside = [k for k in inside if not k.startswith("backbone.")]
+    if shapes and not partial:
+        raise CheckpointMismatchError(
+            f"backbone weights {path} do not fit the backbone built from the config: "
+            f"{len(shapes)} shape mismatches ({shape_text}). Another depth or width?")
+    fits = [k for k in inside if k not in shapes]
+    report = LoadReport("backbone" if not outside else "partial", path, fits,
+                        [k for k in model_state if k not in fits],
+                        unused + [k[len(prefix):] for k in unexpected + shapes])
+    return {k: state[k] for k in fits}, report
+
+
+def initial_weights_text(cfg) -> str:
+    """What a model built from ``cfg`` holds before MODEL.WEIGHTS: the backbone's own
+    pretrained weights, if the config loads any, else "initialised from scratch"."""
+    name = cfg.MODEL.BACKBONE.NAME
+    if "efficientnet" in name and cfg.MODEL.EFFICIENTNET.PRETRAINED:
+        return ("the backbone holds the packaged ImageNet EfficientNet-Lite0 weights "
+                "(MODEL.EFFICIENTNET.PRETRAINED); the rest initialised")
+    if "vitdet" in name and cfg.MODEL.VIT.WEIGHTS:
+        return (f"a training start loads the ViT trunk from MODEL.VIT.WEIGHTS "
+                f"{cfg.MODEL.VIT.WEIGHTS}; the rest initialised")
+    return "the model is initialised from scratch"
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer with atomic saves, saved RNG states and strict shape checks."""
+    """DetectionCheckpointer with atomic saves, saved RNG states and loads that say what they
+    loaded (see ``load``). ``partial``: MODEL.DATASEG.WEIGHTS_PARTIAL; ``initial``: what the
+    model holds when MODEL.WEIGHTS is empty (``initial_weights_text``), for the log line."""
 
     missing_model_keys = None  # set by each load (see load)
+    load_report = None  # the LoadReport of the last load
     # (iteration, [RNG states of rank 0, 1, ...]): set by the trainer just before the periodic
     # save of that iteration, which stores the list as ``rank_rng_states``
     rank_rng_states = None
+
+    def __init__(self, model, save_dir="", *, partial=False, initial="", **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.partial = bool(partial)
+        self.initial = initial
+
+    @classmethod
+    def from_cfg(cls, model, cfg, save_dir="", **kwargs):
+        """The checkpointer of a model built from ``cfg`` (MODEL.DATASEG.WEIGHTS_PARTIAL)."""
+        return cls(model, save_dir, partial=cfg.MODEL.DATASEG.WEIGHTS_PARTIAL,
+                   initial=initial_weights_text(cfg), **kwargs)
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -187,39 +361,51 @@ class AtomicCheckpointer(DetectionCheckpointer):
         atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"),
                            last_filename_basename.encode())
 
-    def load(self, path, *args, **kwargs):
-        """Detectron2's ``load``, after reading the file once to check it: a file that is not
-        there or not a checkpoint, or whose weights do not fit the model, stops here with one
-        line (:class:`CheckpointError`) before the model is touched. ``missing_model_keys``
-        becomes the model keys the file does not hold (None when unknown: before any load, and
-        for Detectron2 ``.pkl`` files matched by name heuristics, e.g. ImageNet backbones)."""
+    def load(self, path, checkpointables=None):
+        """Reads ``path`` once and loads what fits, saying in one log line what was loaded
+        (``load_report``; ``missing_model_keys``: the model keys left at initialisation).
+        A file that is not there or not a checkpoint, or whose weights do not fit the model
+        (see ``classify_weights``), stops here with one line (:class:`CheckpointError`) before
+        the model is touched. Then the checkpointables (optimizer, scheduler, trainer) it
+        holds, as Detectron2's ``Checkpointer.load``; returns the rest of the checkpoint
+        (iteration, RNG states). An empty ``path`` loads nothing and says what the model
+        holds instead of Detectron2's "Initializing model from scratch"."""
         self.missing_model_keys = None
-        if path:
-            local = path if "://" not in path else self.path_manager.get_local_path(path)
-            if not os.path.isfile(local):
-                raise CheckpointNotFoundError(f"checkpoint file not found: {path} (MODEL.WEIGHTS "
-                                              f"or {self.save_dir}/last_checkpoint)")
-            # --- issue 23: a Mask2Former / HF transformers / torchvision / timm checkpoint
-            # is converted to DaTaSeg's names and loaded here (dataseg/conversion) ---
-            if local.endswith(".safetensors"):
-                return self.load_converted(local, path)
-            weights, by_heuristics = read_weights(local)
-            if detect_layout(weights) is not None:
-                return self.load_converted(local, path, weights)
-            # --- end issue 23 ---
-            if not by_heuristics:
-                self.missing_model_keys = check_weights_fit(self.model, weights, path)
-        return super().load(path, *args, **kwargs)
+        if not path:
+            self.load_report = LoadReport("none")
+            logger.info("No checkpoint loaded (MODEL.WEIGHTS is empty): %s",
+                        self.initial or "the model keeps its initialisation")
+            return {}
+        local = path if "://" not in path else self.path_manager.get_local_path(path)
+        if not os.path.isfile(local):
+            raise CheckpointNotFoundError(f"checkpoint file not found: {path} (MODEL.WEIGHTS "
+                                          f"or {self.save_dir}/last_checkpoint)")
+        checkpoint, state = read_weights(local)
+        # issue 23: a Mask2Former / HF transformers / torchvision / timm checkpoint is
+        # converted to DaTaSeg's names and loaded here (dataseg/conversion)
+        if detect_layout(state) is not None:
+            return self.load_converted(local, path, state)
+        to_load, report = classify_weights(
+            self.model.state_dict(), state, path, partial=self.partial,
+            by_heuristics=bool(checkpoint.get("matching_heuristics", False)),
+            caffe2_names=checkpoint.get("__author__", None) == "Caffe2")
+        self.model.load_state_dict(to_load, strict=False)
+        self.load_report, self.missing_model_keys = report, list(report.missing)
+        logger.info("%s", report.summary())
+        checkpoint = {k: v for k, v in checkpoint.items() if k != "model"}
+        for key in self.checkpointables if checkpointables is None else checkpointables:
+            if key in checkpoint:
+                logger.info("Loading %s from %s", key, path)
+                self.checkpointables[key].load_state_dict(checkpoint.pop(key))
+        return checkpoint
 
-    def load_converted(self, local, path, weights=None):
+    def load_converted(self, local, path, weights):
         """Issue 23: loads a checkpoint in another codebase's layout (``weights``: its state
-        dict, read from ``local`` when None) after converting it (``dataseg.conversion``;
-        the report is logged). A file that is not one, or a tensor that does not fit the model,
-        is one line (:class:`CheckpointReadError`, :class:`CheckpointMismatchError`).
+        dict) after converting it (``dataseg.conversion``; the report is logged). A file that
+        is not one, or a tensor that does not fit the model, is one line
+        (:class:`CheckpointReadError`, :class:`CheckpointMismatchError`).
         Returns ``{"conversion_report": report}``."""
         try:
-            if weights is None:
-                weights = read_weights_file(local)["model"]
             state, report = convert_state_dict(weights, path, self.model)
         except ConversionShapeError as e:
             raise CheckpointMismatchError(str(e)) from None
@@ -228,6 +414,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.logger.info("[Checkpointer] Loading converted weights from %s", path)
         self.model.load_state_dict(state, strict=False)
         self.missing_model_keys = list(report.missing)
+        kind = "backbone" if report.layout == "resnet" else "converted"
+        self.load_report = LoadReport(kind, path, list(state), list(report.missing),
+                                      list(report.unused))
+        if kind == "backbone":
+            logger.info("%s", self.load_report.summary())
         return {"conversion_report": report}
 
     def resume_or_load(self, path, *, resume=True):

@@ -8,7 +8,6 @@ import torch
 import yaml
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
-from detectron2.engine import default_argument_parser as d2_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.env import seed_all_rng
@@ -16,10 +15,12 @@ from detectron2.utils.logger import setup_logger
 
 from dataseg.config import add_dataseg_config, per_train_dataset
 from dataseg.data.register_files import DatasetFileError, register_dataset_files
+from dataseg.engine.arguments import default_argument_parser, parse_args
 from dataseg.utils.atomic import atomic_write_bytes
 
 __all__ = ["default_argument_parser", "parse_args", "setup_cfg", "build_cfg", "ConfigError",
-           "setup_loggers", "register_config_datasets", "config_differences",
+           "setup_loggers", "register_config_datasets", "setup_datasets", "build_tool_cfg",
+           "config_differences",
            "warn_if_config_changed"]
 
 logger = logging.getLogger(__name__)
@@ -29,61 +30,6 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used, with the file/key at fault."""
 
 
-def default_argument_parser(epilog=None):
-    """Detectron2's options plus --datasets and --skip-preflight; --dist-url defaults to "auto"
-    (a free local port)."""
-    parser = d2_argument_parser(epilog)
-    parser.set_defaults(dist_url="auto")
-    parser.add_argument("--datasets", action="append", default=[], metavar="FILE",
-                        help="a YAML file of datasets to register (appended to "
-                             "DATASETS.REGISTER; may be repeated)")
-    parser.add_argument("--skip-preflight", action="store_true",
-                        help="do not load every train and test dataset before the first "
-                             "iteration (sets DATASETS.PREFLIGHT False)")
-    return parser
-
-
-def parse_args(argv=None, parser=None):
-    """Parses train_net.py's command line; flags may come before or after the overrides.
-
-    Detectron2's parser takes everything after the first override as overrides, so
-    ``... SOLVER.MAX_ITER 10 --resume`` would fail with "Override list has odd length". Here
-    flags found among the overrides are moved in front; an unknown ``--flag`` there is an
-    error naming it.
-    """
-    parser = parser or default_argument_parser()
-    args = parser.parse_args(argv)
-    opts = list(args.opts or [])
-    if not any(t.startswith("--") for t in opts):
-        return args
-    argv = list(argv if argv is not None else __import__("sys").argv[1:])
-    prefix = argv[:len(argv) - len(opts)]
-    actions = {}
-    for action in parser._actions:  # argparse's public listing of the defined options
-        for option in action.option_strings:
-            actions[option] = action
-    flags, overrides, i = [], [], 0
-    while i < len(opts):
-        tok = opts[i]
-        if tok.startswith("--"):
-            option = tok.split("=", 1)[0]
-            if option not in actions:
-                parser.error(f"unknown option {option} among the config overrides "
-                             f"{' '.join(opts)}: options are {', '.join(sorted(actions))}; "
-                             "overrides are KEY VALUE pairs")
-            takes_value = actions[option].nargs != 0 and "=" not in tok
-            flags.append(tok)
-            if takes_value:
-                if i + 1 >= len(opts):
-                    parser.error(f"option {option} needs a value")
-                flags.append(opts[i + 1])
-                i += 1
-        else:
-            overrides.append(tok)
-        i += 1
-    return parser.parse_args(prefix + flags + overrides)
-
-
 def build_cfg(config_file=None, opts=()):
     """A Detectron2 config with DaTaSeg's keys, merged from a file and overrides.
 
@@ -91,6 +37,8 @@ def build_cfg(config_file=None, opts=()):
     """
     cfg = get_cfg()
     add_dataseg_config(cfg)
+    # "": not set by the config or the overrides (Detectron2's default is "cuda")
+    cfg.MODEL.DEVICE = ""
     if config_file and not os.path.isfile(config_file):
         raise ConfigError(f"config file not found: {config_file}")
     if config_file:
@@ -104,16 +52,31 @@ def build_cfg(config_file=None, opts=()):
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError, ValueError) as e:
         raise ConfigError(f"command-line override {list(opts)}: {e}") from e
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        # One config for laptops and clusters: fall back to the CPU rather than crash.
+    if not cfg.MODEL.DEVICE:
+        # not asked for: the GPU when there is one, else the CPU (silently)
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    elif cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        # One config for laptops and clusters: fall back to the CPU rather than crash; said
+        # only when the config or the command line asked for CUDA.
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU",
                        cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     return cfg
 
 
+def build_tool_cfg(config_file=None, opts=(), generate=False):
+    """``build_cfg`` plus ``setup_datasets``: the config of demo/demo.py, demo/web.py and
+    tools/export_model.py (unfrozen), with every dataset the config declares registered."""
+    cfg = build_cfg(config_file, opts)
+    setup_datasets(cfg, config_file, generate=generate)
+    return cfg
+
+
 def _uses_synthetic(cfg):
-    return any(n.startswith("synth_") for n in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    names.append(cfg.MODEL.DATASEG.TEST.get("VOCABULARY_DATASET", "") or "")
+    names.append(cfg.MODEL.DATASEG.TEST.get("VOCABULARY", "") or "")
+    return any(str(n).startswith("synth_") for n in names)
 
 
 def check_datasets(cfg):
@@ -151,17 +114,41 @@ def _resolve_dataset_file(path, config_file):
 
 
 def register_config_datasets(cfg, config_file=None):
-    """Resolves cfg.DATASETS.REGISTER to absolute paths (in cfg) and registers their datasets.
+    """Resolves cfg.DATASETS.REGISTER to absolute paths (in cfg, unless it is frozen) and
+    registers their datasets.
 
     Called in every process (train_net.py's main runs in each spawned rank); data-loader
     workers register them through their init function (see dataseg.data.build).
     """
     files = [_resolve_dataset_file(p, config_file) for p in cfg.DATASETS.REGISTER]
-    cfg.DATASETS.REGISTER = tuple(files)
+    if not cfg.is_frozen():
+        cfg.DATASETS.REGISTER = tuple(files)
     try:
         return register_dataset_files(files)
     except DatasetFileError as e:
         raise ConfigError(str(e)) from e
+
+
+def setup_datasets(cfg, config_file=None, generate=True):
+    """The one dataset set-up of every tool: train_net.py, demo/demo.py, demo/web.py,
+    tools/export_model.py and ``DaTaSegPredictor(cfg)`` all call it, so what a run registered
+    from its config (and so from its saved ``OUTPUT_DIR/config.yaml``) every tool registers.
+
+    Registers the datasets files of DATASETS.REGISTER (paths resolved against the working
+    directory, then ``config_file``'s folder; written back absolute into an unfrozen ``cfg``,
+    which is how a run's config.yaml names them) and, when the config names a ``synth_*``
+    dataset, the synthetic world (``generate``: also writes it on first use, once, cached; the
+    evaluators and the web demo's examples read its files). Builtin datasets are registered by
+    ``import dataseg``. Returns the names registered from files. Errors: :class:`ConfigError`
+    naming the file and entry."""
+    registered = register_config_datasets(cfg, config_file)
+    if _uses_synthetic(cfg):
+        from dataseg.data.synthetic import ensure_generated, register_synthetic_world
+
+        register_synthetic_world(cfg)
+        if generate:
+            ensure_generated(cfg)
+    return registered
 
 
 def setup_loggers(output_dir=None):
@@ -273,13 +260,7 @@ def setup_cfg(args):
     datasets = list(getattr(args, "datasets", []) or [])
     if datasets:
         cfg.DATASETS.REGISTER = tuple(cfg.DATASETS.REGISTER) + tuple(datasets)
-    registered = register_config_datasets(cfg, args.config_file)
-    if _uses_synthetic(cfg):
-        from dataseg.data.synthetic import ensure_generated, register_synthetic_world
-
-        register_synthetic_world(cfg)
-        # Generate now (once, cached): evaluators read the json files before any loader runs.
-        ensure_generated(cfg)
+    registered = setup_datasets(cfg, args.config_file)
     check_datasets(cfg)
     cfg.freeze()
     _default_setup(cfg, args)

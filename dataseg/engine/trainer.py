@@ -176,8 +176,8 @@ class DaTaSegTrainer(TrainerBase):
             logger.warning("SOLVER.AMP.ENABLED is ignored on CPU (fp32 training)")
         self.inner = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR,
-                                               trainer=weakref.proxy(self))
+        self.checkpointer = AtomicCheckpointer.from_cfg(model, cfg, cfg.OUTPUT_DIR,
+                                                        trainer=weakref.proxy(self))
         self.start_iter = 0
         self.vit_load_report = None  # MODEL.VIT.WEIGHTS' load report (resume_or_load)
         self.max_iter = cfg.SOLVER.MAX_ITER

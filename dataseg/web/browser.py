@@ -78,8 +78,10 @@ class DemoPage:
             self._pw.stop()
 
     def segment(self, image: Optional[Path], vocab: str = "", dataset: str = "",
-                task: str = "panoptic", screenshot: Optional[Path] = None) -> dict:
-        """Loads the page afresh, uploads ``image``, types ``vocab`` (or picks ``dataset``),
+                task: str = "panoptic", screenshot: Optional[Path] = None,
+                reload: bool = True) -> dict:
+        """Loads the page afresh (unless ``reload`` is False: the page as the last run left
+        it, with its result on show), uploads ``image``, types ``vocab`` (or picks ``dataset``),
         picks ``task``, clicks Segment and waits until the run ends (result or error).
 
         Returns ``{"legend": [{"label", "kind", "score", "area"}], "overlay_src": str,
@@ -87,8 +89,10 @@ class DemoPage:
         "download": href}``.
         """
         page = self.page
-        page.goto(self.url)
-        page.wait_for_selector("#tasks input[name=task]", state="attached")
+        if reload:
+            page.goto(self.url)
+            page.wait_for_selector("#tasks input[name=task]", state="attached")
+        page.evaluate("() => { document.body.dataset.state = ''; }")
         if image is not None:
             page.set_input_files("#image-file", str(image))
         if dataset:

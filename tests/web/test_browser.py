@@ -101,3 +101,14 @@ def test_page_shows_errors_and_keeps_working(browser_page, tiny_demo):
     assert bad["state"] == "error" and empty["state"] == "error"
     ok = browser_page.segment(tiny_demo.images[1], dataset="synth_pan_val", task="semantic")
     assert ok["state"] == "done" and ok["error"] == "" and ok["legend"]
+
+
+def test_a_refused_upload_clears_the_previous_result(browser_page, tiny_demo):
+    """Issue 25: after a result, an upload the server refuses leaves no overlay, legend or
+    download link of the previous image on the page (nor a broken image)."""
+    ok = browser_page.segment(tiny_demo.images[0], dataset="synth_pan_val", task="semantic")
+    assert ok["state"] == "done" and ok["legend"] and ok["overlay_src"] and ok["download"]
+    bad = browser_page.segment(Path(__file__), vocab="person", task="semantic", reload=False)
+    assert bad["state"] == "error" and "not an image" in bad["error"], bad
+    assert bad["legend"] == [] and bad["overlay_src"] == "" and bad["download"] == "", bad
+    assert browser_page.page.get_attribute("#input-view", "hidden") is not None
