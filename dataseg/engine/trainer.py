@@ -43,7 +43,11 @@ from dataseg.data.loading import skipping_bad_records
 from dataseg.engine import d2compat
 from dataseg.engine.checkpoint import AtomicCheckpointer, CheckpointError, rng_state
 from dataseg.engine.evaluation import build_evaluator, write_summary
-from dataseg.engine.optimizer import build_lr_scheduler, build_optimizer
+from dataseg.engine.optimizer import (
+    build_lr_scheduler,
+    build_optimizer,
+    remap_per_parameter_state,
+)
 from dataseg.engine.preflight import preflight
 from dataseg.modeling.backbone.vitdet import load_pretrained_vit
 from dataseg.utils.atomic import atomic_write_bytes
@@ -286,12 +290,39 @@ class DaTaSegTrainer(TrainerBase):
         return ret
 
     def load_state_dict(self, state_dict):
+        self._remap_per_parameter_groups(state_dict)
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
             self.inner.load_state_dict(state_dict["_trainer"])
         else:
             logger.warning("checkpoint has no optimizer state (saved by another trainer): "
                            "the optimizer starts afresh")
+
+    def _remap_per_parameter_groups(self, state_dict):
+        """A checkpoint written before issue 22 holds one optimizer group per parameter: its
+        optimizer state becomes this optimizer's merged groups (``remap_per_parameter_state``)
+        and the lr scheduler's per-group lists (``base_lrs``, ``_last_lr``) follow, each
+        merged group taking its first parameter's (all its parameters had the same)."""
+        inner = state_dict.get("_trainer")
+        if not isinstance(inner, dict) or "optimizer" not in inner:
+            return
+        n_old = len(inner["optimizer"].get("param_groups", []))
+        try:
+            inner["optimizer"], group_map = remap_per_parameter_state(inner["optimizer"],
+                                                                      self.optimizer)
+        except ValueError as e:
+            raise CheckpointError(f"cannot resume: {e}") from None
+        if group_map is None:
+            return
+        for hook_state in state_dict.get("hooks", {}).values():
+            if not isinstance(hook_state, dict):
+                continue
+            for key in ("base_lrs", "_last_lr"):
+                values = hook_state.get(key)
+                if isinstance(values, list) and len(values) == n_old:
+                    hook_state[key] = [values[i] for i in group_map]
+        logger.info("Resuming a checkpoint with one optimizer group per parameter (%d): its "
+                    "state was mapped to %d merged groups", n_old, len(group_map))
 
     def resume_or_load(self, resume=True):
         """As ``DefaultTrainer``'s: with ``resume`` and a ``last_checkpoint`` in OUTPUT_DIR,

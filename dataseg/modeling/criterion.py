@@ -27,6 +27,20 @@ def _num_targets_across_processes(targets, device) -> float:
     return max(float(n.item()), 1.0)
 
 
+def _indices_to(indices, device):
+    """The matcher's host index pairs (per set, per image) moved to ``device`` in one copy."""
+    if device.type == "cpu":
+        return indices
+    flat = [t for per_set in indices for pair in per_set for t in pair]
+    sizes = [len(t) for t in flat]
+    flat = torch.cat(flat)
+    if device.type == "cuda":
+        flat = flat.pin_memory()  # so that the copy is asynchronous
+    moved = flat.to(device, non_blocking=True).split(sizes)
+    it = iter(moved)
+    return [[(next(it), next(it)) for _ in per_set] for per_set in indices]
+
+
 class SetCriterion(nn.Module):
     """Matching + losses for one (merged) prediction set and its auxiliary sets."""
 
@@ -80,8 +94,10 @@ class SetCriterion(nn.Module):
         return (ce * w).sum() / w.sum().clamp(min=1e-6)
 
     def _matched(self, outputs, targets, indices, key):
-        src = torch.cat([outputs["pred_masks"][i, s.to(outputs["pred_masks"].device)]
-                         for i, (s, _) in enumerate(indices)])
+        masks = outputs["pred_masks"]
+        batch_idx = torch.cat([torch.full_like(s, i) for i, (s, _) in enumerate(indices)])
+        src = masks[batch_idx.to(masks.device), torch.cat([s for s, _ in indices]).to(
+            masks.device)]
         tgt = torch.cat([targets[i][key][t.to(targets[i][key].device)]
                          for i, (_, t) in enumerate(indices)])
         return src.float(), tgt.float()
@@ -119,8 +135,7 @@ class SetCriterion(nn.Module):
         valid[:, :m] &= outputs["counts"] > 0
         return {**outputs, "valid": valid}
 
-    def _losses_one_set(self, outputs, targets, num_masks):
-        indices = self.matcher(self._matching_outputs(outputs), targets)
+    def _losses_one_set(self, outputs, targets, num_masks, indices):
         losses = {"loss_ce": self.class_weight * self.loss_labels(outputs, targets, indices)}
         if all("masks" in t for t in targets):
             losses.update(self.loss_masks(outputs, targets, indices, num_masks))
@@ -141,9 +156,15 @@ class SetCriterion(nn.Module):
         targets = [{**t, "masks": t["masks"].float()} if "masks" in t else t for t in targets]
         with torch.autocast(device_type=device.type, enabled=False):
             num_masks = _num_targets_across_processes(targets, device)
-            losses = self._losses_one_set(outputs, targets, num_masks)
-            for i, aux in enumerate(outputs.get("aux_outputs", [])):
-                for k, v in self._losses_one_set(aux, targets, num_masks).items():
+            sets = [outputs] + list(outputs.get("aux_outputs", []))
+            # every set's matching at once: one host copy of all cost matrices, then the
+            # assignments back to the device in one copy
+            indices = _indices_to(self.matcher.match_sets(
+                [self._matching_outputs(o) for o in sets], targets), device)
+            losses = self._losses_one_set(outputs, targets, num_masks, indices[0])
+            for i, aux in enumerate(sets[1:]):
+                for k, v in self._losses_one_set(aux, targets, num_masks,
+                                                 indices[i + 1]).items():
                     losses[f"{k}_{i}"] = v
             if loss_scale != 1.0:
                 losses = {k: v * loss_scale for k, v in losses.items()}

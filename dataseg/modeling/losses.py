@@ -40,9 +40,11 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
 
 def focal_cost(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
                gamma: float = 2.0) -> torch.Tensor:
-    """Pairwise focal loss: (Q, P) logits, (T, P) targets -> (Q, T)."""
+    """Pairwise focal loss: (..., Q, P) logits, (..., T, P) targets -> (..., Q, T) (leading
+    dims: a batch of independent matrices)."""
     pos, neg = _focal_terms(logits, alpha, gamma)
-    return (pos @ targets.T + neg @ (1 - targets).T) / logits.shape[-1]
+    return (pos @ targets.transpose(-1, -2) + neg @ (1 - targets).transpose(-1, -2)) \
+        / logits.shape[-1]
 
 
 def dice_loss(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -53,9 +55,9 @@ def dice_loss(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def dice_cost(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Pairwise dice loss: (Q, P) probabilities, (T, P) targets -> (Q, T)."""
-    num = 2 * probs @ targets.T
-    den = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    """Pairwise dice loss: (..., Q, P) probabilities, (..., T, P) targets -> (..., Q, T)."""
+    num = 2 * probs @ targets.transpose(-1, -2)
+    den = probs.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (num + 1) / (den + 1)
 
 
