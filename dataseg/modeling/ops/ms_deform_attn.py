@@ -95,6 +95,8 @@ def _check_core_inputs(value, spatial_shapes, level_start_index, sampling_locati
     if tuple(attention_weights.shape) != (n, lq, m, n_levels, p):
         raise ValueError(f"ms_deform_attn: attention_weights must be {(n, lq, m, n_levels, p)}, "
                          f"got {tuple(attention_weights.shape)}")
+    if torch.jit.is_tracing():  # sizes are symbolic in an exported graph: nothing to compare
+        return
     total = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
     if total != s:
         raise ValueError(f"ms_deform_attn: value has S={s} positions but spatial_shapes "
@@ -118,8 +120,14 @@ def ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_lo
                        attention_weights)
     n, _, m, d = value.shape
     _, lq, _, n_levels, p, _ = sampling_locations.shape
-    shapes = spatial_shapes.tolist()
-    starts = level_start_index.tolist()
+    if torch.jit.is_tracing():
+        # exported graphs (tools/export_model.py) take any input size: the level split reads
+        # the sizes as traced 0-dim tensors, so it follows the input instead of being frozen
+        shapes = [(spatial_shapes[i, 0], spatial_shapes[i, 1]) for i in range(n_levels)]
+        starts = [level_start_index[i] for i in range(n_levels)]
+    else:
+        shapes = spatial_shapes.tolist()
+        starts = level_start_index.tolist()
     # grid_sample wants coordinates in [-1, 1]; with align_corners=False, -1 is the left edge
     # of pixel 0, the same convention as x * W - 0.5 in pixel units.
     grids = 2.0 * sampling_locations - 1.0
