@@ -260,11 +260,8 @@ def quantize_onnx(export_dir: Union[str, Path], mode: str,
     out = export_dir / PRECISIONS["int8"]
     info = json.loads((export_dir / "model.json").read_text())
     record = {"mode": mode}
-    if mode == "dynamic":
-        atomic_write(out, lambda tmp: q.quantize_dynamic(
-            str(src), tmp, op_types_to_quantize=["MatMul", "Gemm"],
-            weight_type=q.QuantType.QInt8))
-    else:
+    tensors = None
+    if mode == "static":
         if calibration_images is None:
             raise ValueError("quantize static: calibration images are needed")
         fp32 = ExportedPredictor(export_dir, precision="fp32", _check_dataset=False)
@@ -272,11 +269,23 @@ def quantize_onnx(export_dir: Union[str, Path], mode: str,
         if not tensors:
             raise ValueError("quantize static: no calibration images")
         record["calibration_images"] = len(tensors)
-        atomic_write(out, lambda tmp: q.quantize_static(
-            str(src), tmp, _CalibrationReader(tensors), quant_format=q.QuantFormat.QDQ,
-            op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
-            activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-            calibrate_method=q.CalibrationMethod.MinMax))
+    # onnxruntime.quantization logs advice per node on the root logger: quiet while it runs
+    root = logging.getLogger()
+    root_level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        if mode == "dynamic":
+            atomic_write(out, lambda tmp: q.quantize_dynamic(
+                str(src), tmp, op_types_to_quantize=["MatMul", "Gemm"],
+                weight_type=q.QuantType.QInt8))
+        else:
+            atomic_write(out, lambda tmp: q.quantize_static(
+                str(src), tmp, _CalibrationReader(tensors), quant_format=q.QuantFormat.QDQ,
+                op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
+                activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                calibrate_method=q.CalibrationMethod.MinMax))
+    finally:
+        root.setLevel(root_level)
     info["int8"] = record
     atomic_write_bytes(export_dir / "model.json", json.dumps(info, indent=1).encode("utf-8"))
     return out
