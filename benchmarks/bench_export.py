@@ -41,6 +41,7 @@ from bench_model import (  # noqa: E402
     load_average,
     load_line,
     verdict,
+    wait_for_quiet,
 )
 
 import dataseg  # noqa: E402,F401
@@ -89,8 +90,10 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-int8", action="store_true", help="skip the int8 models")
+    p.add_argument("--wait-quiet", type=float, default=120, metavar="S",
+                   help="wait up to S seconds for the load average to fall to --threads")
     args = p.parse_args()
-    load_before = load_average()
+    load_before = wait_for_quiet(args.threads, args.wait_quiet)
     torch.set_num_threads(args.threads)
     image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,6 +34,19 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def wait_for_quiet(threads: int, timeout_s: float) -> float:
+    """Waits (up to ``timeout_s``, polling every 5 s) for the 1-minute load average to fall to
+    ``threads`` or below, e.g. after a previous benchmark; returns the last reading."""
+    import time as _time
+
+    deadline = _time.monotonic() + timeout_s
+    load = load_average()
+    while load > threads and _time.monotonic() < deadline:
+        _time.sleep(5)
+        load = load_average()
+    return load
+
+
 def quiet(load_before: float, load_after: float, threads: int) -> bool:
     """True when no other work ran: the load before the run was at most ``threads`` and after
     it at most ``threads + 1`` (the benchmark's own threads count in that one)."""
@@ -167,11 +180,13 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--task", default="semantic", choices=["semantic", "panoptic", "instance"])
+    p.add_argument("--wait-quiet", type=float, default=120, metavar="S",
+                   help="wait up to S seconds for the load average to fall to --threads")
     p.add_argument("--child", choices=["ours", "hf", "both"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
-    load_before = load_average()
+    load_before = wait_for_quiet(args.threads, args.wait_quiet)
     results = {}
     for name in ("ours", "hf", "both"):
         cmd = [sys.executable, __file__, "--child", name, "--threads", str(args.threads),
