@@ -7,9 +7,17 @@ rotates every round, so load from other processes hits all alike); medians after
 their ratios are printed. Full inference each: our two predictors take the BGR image and
 return Detectron2 outputs through the same Python post-processing
 (``postprocess_logits``); HF runs forward + ``post_process_semantic_segmentation``. The
-network alone (ONNX graph vs eager ``model.network`` vs HF forward) is timed too.
+network alone (ONNX graph vs eager ``model.network`` vs HF forward) is timed too. The int8
+models (``--quantize dynamic`` / ``static`` of tools/export_model.py, written by
+``dataseg.export.quantize_onnx``; static calibrated on 4 generated images: the weights are
+random, so this measures speed only, accuracy is in docs/results/cpu_inference.md) run in the
+same rotation unless ``--no-int8``.
 
-    python benchmarks/bench_export.py [--threads 2] [--repeats 7] [--warmup 2]
+    python benchmarks/bench_export.py [--threads 2] [--repeats 7] [--warmup 2] [--no-int8]
+
+Target (issue 27): onnxruntime fp32 / HF full inference <= 0.5x. The 1-minute load average is
+printed before and after; a verdict only on a quiet machine (see bench_model.py), else the
+figures are marked "taken under load". Take figures with ``/work/heavy --all``.
 """
 import argparse
 import json
@@ -26,12 +34,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_model import NUM_CLASSES, SIZE, build_hf  # noqa: E402
+from bench_model import (  # noqa: E402
+    NUM_CLASSES,
+    SIZE,
+    build_hf,
+    load_average,
+    load_line,
+    verdict,
+    wait_for_quiet,
+)
 
 import dataseg  # noqa: E402,F401
 from dataseg.data.builtin import class_synonyms, load_vocabulary  # noqa: E402
 from dataseg.engine import build_cfg  # noqa: E402
-from dataseg.export import ExportedPredictor, export_model  # noqa: E402
+from dataseg.export import (  # noqa: E402
+    ExportedPredictor,
+    export_model,
+    optimize_onnx,
+    quantize_onnx,
+)
 from dataseg.predictor import DaTaSegPredictor, Vocabulary  # noqa: E402
 
 
@@ -45,7 +66,22 @@ def build_ours(export_dir: Path, threads: int):
     torch.manual_seed(0)
     predictor = DaTaSegPredictor(cfg, vocabulary=vocab, task="semantic")
     export_model(predictor, export_dir, (SIZE, SIZE), torchscript=False)
+    optimize_onnx(export_dir)
     return predictor, ExportedPredictor(export_dir, num_threads=threads)
+
+
+def build_int8(export_dir: Path, mode: str, threads: int):
+    """An int8 copy of the fp32 export in ``export_dir`` (its own folder per mode)."""
+    import shutil
+
+    qdir = export_dir.parent / f"int8_{mode}"
+    shutil.copytree(export_dir, qdir)
+    calib = None
+    if mode == "static":
+        rng = np.random.default_rng(1)
+        calib = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(4)]
+    quantize_onnx(qdir, mode, calib)
+    return ExportedPredictor(qdir, num_threads=threads, precision="int8")
 
 
 def main():
@@ -53,11 +89,18 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 models")
+    p.add_argument("--wait-quiet", type=float, default=120, metavar="S",
+                   help="wait up to S seconds for the load average to fall to --threads")
     args = p.parse_args()
+    load_before = wait_for_quiet(args.threads, args.wait_quiet)
     torch.set_num_threads(args.threads)
     image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
-        eager, onnx = build_ours(Path(tmp), args.threads)
+        eager, onnx = build_ours(Path(tmp) / "fp32", args.threads)
+        int8 = {} if args.no_int8 else {
+            mode: build_int8(Path(tmp) / "fp32", mode, args.threads)
+            for mode in ("dynamic", "static")}
         hf_full, hf_forward = build_hf(argparse.Namespace())
         model = eager.model
         text_embed = model.vocabulary.get(eager.vocabulary_name)[0]
@@ -70,6 +113,8 @@ def main():
             "eager PyTorch (network)": lambda: model.network(x, text_embed),
             "HF Mask2Former (forward)": hf_forward,
         }
+        for mode, pred in int8.items():
+            runs[f"onnxruntime int8 {mode} (full)"] = (lambda p=pred: p(image))
         times = {k: [] for k in runs}
         names = list(runs)
         with torch.inference_mode():
@@ -94,6 +139,15 @@ def main():
           f"{med['onnxruntime (network)'] / med['HF Mask2Former (forward)']:.2f}x, "
           f"onnxruntime / eager = "
           f"{med['onnxruntime (network)'] / med['eager PyTorch (network)']:.2f}x")
+    for mode in ("dynamic", "static"):
+        k = f"onnxruntime int8 {mode} (full)"
+        if k in med:
+            print(f"int8 {mode}: int8 / HF = {med[k] / hf:.2f}x, int8 / onnxruntime fp32 = "
+                  f"{med[k] / med['onnxruntime (full)']:.2f}x")
+    load_after = load_average()
+    print(load_line(load_before, load_after, args.threads))
+    print(verdict("onnxruntime fp32 / HF (full inference)", med["onnxruntime (full)"] / hf,
+                  0.5, load_before, load_after, args.threads))
     print("RESULT " + json.dumps(med))
 
 

@@ -2,15 +2,23 @@
 
     python tools/export_model.py --config-file configs/quickstart.yaml --output export/ \\
         --dataset synth_pan_val [--task panoptic] [--size 128 128] \\
+        [--quantize {dynamic,static}] [--calibration-images 32] \\
         [--check-images "datasets/dataseg_synthetic/*/val/images/*.png"] \\
         --opts MODEL.WEIGHTS output/quickstart/model_final.pth
 
-Writes DIR/model.onnx (inputs "images" (1, 3, H, W) float32 normalised and zero-padded,
-outputs "pred_logits" (1, Q, K+1) and "pred_masks" (1, Q, H/4, W/4); every size static, fixed
-at --size, default the square MIN_SIZE_TEST), DIR/model.ts (TorchScript, when tracing works)
-and DIR/model.json; then runs the ONNX model with onnxruntime on CPU against the eager model
-(--check-images, default: one random image) and prints the max abs logit differences and the
-argmax agreement. Use it from Python with ``dataseg.export.ExportedPredictor(DIR)``.
+Writes DIR/model.onnx (inputs "images" (1, 3, H, W) float32 normalised and zero-padded, H and
+W any multiples of the size divisibility; outputs "pred_logits" (1, Q, K+1) and "pred_masks"
+(1, Q, H/4, W/4); traced at --size, default the square MIN_SIZE_TEST), DIR/model.opt.onnx
+(the same graph with onnxruntime's portable optimisations applied), DIR/model.ts
+(TorchScript, when tracing works) and DIR/model.json; with --quantize, DIR/model.int8.onnx
+(onnxruntime.quantization: "dynamic" int8 weights of the matrix products, or "static" int8
+weights and activations calibrated on --calibration-images images of the training sets).
+Then checks the export end to end against the eager predictor (each side resizing, padding and
+post-processing the original image itself) on --check-images, or on the first test image of
+the model's datasets at several aspect ratios (square, 3:2, 2:3, 4:3 landscape, a tall strip),
+and prints the network's max abs differences and the agreement of the outputs (semantic argmax,
+panoptic segments, instance classes); for an int8 model, the same against fp32-eager.
+Use it from Python with ``dataseg.export.ExportedPredictor(DIR[, precision="int8"])``.
 
 A model with dataset-specific modules (MODEL.DATASEG.DATASET_SPECIFIC, paper Table 5) needs
 --dataset: that dataset's vocabulary and its copies of the modules are baked in (use it with
@@ -34,7 +42,13 @@ def get_parser():
                    "with dataset-specific modules, whose modules to bake in: required there)")
     p.add_argument("--task", choices=("semantic", "panoptic", "instance"))
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
-                   help="fixed input size (default: square MIN_SIZE_TEST)")
+                   help="input size the graph is traced at; the graph takes any multiple of "
+                   "the size divisibility (default: square MIN_SIZE_TEST)")
+    p.add_argument("--quantize", choices=("dynamic", "static"),  # dataseg.export.QUANTIZE_MODES
+                   help="also write an int8 model.int8.onnx (static: calibrated on "
+                   "--calibration-images images of DATASETS.TRAIN)")
+    p.add_argument("--calibration-images", type=int, default=32, metavar="N",
+                   help="images of the training sets for --quantize static (default 32)")
     p.add_argument("--no-torchscript", action="store_true")
     p.add_argument("--check-images", nargs="*", default=[],
                    help="images or globs to compare ONNX vs eager on")
@@ -47,16 +61,19 @@ def main(argv=None) -> int:
     # torch, Detectron2 and dataseg are imported after the arguments are parsed, so --help and
     # usage errors answer at once (benchmarks/bench_cli_help.py)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import numpy as np
 
     import dataseg  # noqa: F401
     from dataseg.engine import CheckpointError, ConfigError
     from dataseg.engine.defaults import build_tool_cfg
     from dataseg.export import (
         ExportedPredictor,
+        aspect_ratio_variants,
         compare_with_eager,
         default_export_size,
         export_model,
+        optimize_onnx,
+        quantize_onnx,
+        training_images,
     )
     from dataseg.modeling.dataset_specific import DatasetIndex, uses_dataset_specific
     from dataseg.predictor import ImageReadError, VocabularyError, predictor_from_args, read_image
@@ -86,7 +103,9 @@ def main(argv=None) -> int:
     result = export_model(predictor, args.output, size, torchscript=not args.no_torchscript,
                           dataset=args.dataset)
     specific = json.loads(result["json"].read_text())["dataset_specific"]
-    print(f"wrote {result['onnx']} (input 1x3x{size[0]}x{size[1]}, "
+    dyn = ("any HxW multiple of " + str(predictor.model.size_divisibility)
+           if result["dynamic_size"] else f"fixed {size[0]}x{size[1]}")
+    print(f"wrote {result['onnx']} (input 1x3xHxW: {dyn}; "
           f"{len(predictor.vocabulary)} classes, task {predictor.task})")
     if specific:
         print(f"dataset-specific modules of {specific['dataset']} baked in (the copies of "
@@ -94,8 +113,17 @@ def main(argv=None) -> int:
               f"dataset='{specific['dataset']}')")
     if result["torchscript"]:
         print(f"wrote {result['torchscript']}")
-    else:
+    elif not args.no_torchscript:
         print(f"TorchScript not written: {result['torchscript_error']}")
+
+    optimize_onnx(args.output)
+    int8 = None
+    if args.quantize:
+        calib = (training_images(cfg, args.calibration_images) if args.quantize == "static"
+                 else None)
+        int8 = quantize_onnx(args.output, args.quantize, calib)
+        print(f"wrote {int8} (int8, {args.quantize}"
+              + (f", calibrated on {len(calib)} training images)" if calib else ")"))
 
     paths = sorted({f for pat in args.check_images for f in glob.glob(pat)})
     images = []
@@ -106,13 +134,15 @@ def main(argv=None) -> int:
             print(f"export_model.py: skipped {e}", file=sys.stderr)
     if not images:
         if args.check_images:
-            print("export_model.py: no readable --check-images; comparing on one random image",
-                  file=sys.stderr)
-        images = [np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)]
-    stats = compare_with_eager(predictor, ExportedPredictor(args.output, dataset=args.dataset),
-                               images)
-    stats["images"] = len(images)
-    print("onnxruntime vs eager: " + json.dumps(stats))
+            print("export_model.py: no readable --check-images; checking on the test images "
+                  "at several aspect ratios", file=sys.stderr)
+        images = aspect_ratio_variants(cfg, size)
+    for precision in ("fp32", "int8") if int8 else ("fp32",):
+        stats = compare_with_eager(predictor, ExportedPredictor(
+            args.output, dataset=args.dataset, precision=precision), images)
+        stats["images"] = len(images)
+        name = "onnxruntime" if precision == "fp32" else "onnxruntime int8"
+        print(f"{name} vs eager, end to end: " + json.dumps(stats))
     return 0
 
 

@@ -3,9 +3,9 @@
 AdamW (paper) with per-parameter learning rates and weight decays: the backbone's learning
 rate is scaled by SOLVER.BACKBONE_MULTIPLIER (paper: 0.1); normalisation layers get
 SOLVER.WEIGHT_DECAY_NORM and embeddings (query features/positions, level embeddings, the
-background class embedding) SOLVER.WEIGHT_DECAY_EMBED (both 0 by default). SOLVER.CLIP_GRADIENTS with CLIP_TYPE
-"full_model" clips the norm of all gradients together (Mask2Former's choice); "value" and
-"norm" keep Detectron2's per-parameter behaviour.
+background class embedding) SOLVER.WEIGHT_DECAY_EMBED (both 0 by default).
+SOLVER.CLIP_GRADIENTS with CLIP_TYPE "full_model" clips the norm of all gradients together
+(Mask2Former's choice); "value" and "norm" keep Detectron2's per-parameter behaviour.
 
 The per-parameter rule (``param_groups``) gives each parameter its (lr, weight decay); the
 optimizer holds one group per distinct (lr, weight decay, in the backbone or not)

@@ -79,6 +79,16 @@ class DeformEncoderLayer(nn.Module):
         return self.norm2(src + self.dropout(ffn))
 
 
+def level_shapes_tensor(shapes: List[tuple], device) -> torch.Tensor:
+    """[(H_l, W_l)] -> (L, 2) int64. The sizes are ints when run eagerly and traced 0-dim
+    tensors while an export traces the model: stacking them keeps them symbolic, so the
+    exported graph accepts any input size (dataseg/export.py)."""
+    if torch.jit.is_tracing():
+        return torch.stack([torch.stack([torch.as_tensor(h), torch.as_tensor(w)])
+                            for h, w in shapes]).to(device=device, dtype=torch.long)
+    return torch.as_tensor(shapes, dtype=torch.long, device=device)
+
+
 def encoder_reference_points(spatial_shapes: List[tuple], batch: int, device, dtype):
     """Centres of every cell of every level, normalised to [0, 1]: (B, S, L, 2) as (x, y)."""
     refs = []
@@ -164,15 +174,18 @@ class MSDeformAttnPixelDecoder(nn.Module):
             pos.append(self.pe_layer(x).flatten(2).transpose(1, 2) + self.level_embed[lvl])
         src = torch.cat(srcs, 1)
         pos = torch.cat(pos, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
-        sizes = [h * w for h, w in shapes]
-        level_start = torch.as_tensor([0] + sizes[:-1], device=src.device).cumsum(0)
+        spatial_shapes = level_shapes_tensor(shapes, src.device)
+        sizes = spatial_shapes.prod(1)
+        level_start = sizes.cumsum(0) - sizes
         ref = encoder_reference_points(shapes, src.shape[0], src.device, src.dtype)
         for layer in self.layers:
             src = layer(src, pos, ref, spatial_shapes, level_start)
 
-        multi_scale = [s.transpose(1, 2).reshape(src.shape[0], self.conv_dim, h, w)
-                       for s, (h, w) in zip(src.split(sizes, 1), shapes)]
+        # split at the level offsets; while tracing they stay tensors (symbolic sizes)
+        starts = ([level_start[i] for i in range(len(shapes))] if torch.jit.is_tracing()
+                  else level_start.tolist())
+        multi_scale = [src[:, start:start + h * w].transpose(1, 2).reshape(
+            src.shape[0], self.conv_dim, h, w) for start, (h, w) in zip(starts, shapes)]
         out = multi_scale[-1]
         for lvl, f in enumerate(self.fuse_in_features):
             lateral = self.lateral_convs[lvl](features[f])

@@ -24,6 +24,8 @@ class PositionEmbeddingSine(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, 2 * num_pos_feats, H, W); depends only on H, W (cached)."""
         b, _, h, w = x.shape
+        if torch.jit.is_tracing():  # sizes are symbolic: computed in the graph, not cached
+            return self._compute(h, w, x.device).to(x.dtype).expand(b, -1, -1, -1)
         key = (h, w, x.device, x.dtype)
         pos = self._cache.get(key)
         if pos is None:

@@ -2,7 +2,8 @@
 
 ``dataseg.web.service`` does the work (limits, vocabularies, the one-at-a-time gate, results),
 ``dataseg.web.app`` is the Starlette application around it, ``demo/web.py`` the command line,
-``dataseg.web.browser`` drives the page in headless Chromium (tests, the screenshot in docs/INFERENCE.md).
+``dataseg.web.browser`` drives the page in headless Chromium (tests, the screenshot in
+docs/INFERENCE.md).
 """
 from .service import Limits, RequestError, SegmentationService
 

@@ -326,8 +326,9 @@ def load_vit_checkpoint(vit: ViT, path: str) -> Dict[str, List[str]]:
     ViT weights. Nothing is downloaded.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.VIT.WEIGHTS: {path} not found (see docs/GETTING_STARTED.md, 'ViTDet "
-                                "backbones', for where to get the MAE / timm checkpoints)")
+        raise FileNotFoundError(f"MODEL.VIT.WEIGHTS: {path} not found (see "
+                                "docs/GETTING_STARTED.md, 'ViTDet backbones', for where to get "
+                                "the MAE / timm checkpoints)")
     try:
         raw = _read(path)
     except Exception as e:  # noqa: BLE001 - name the file in any read failure
