@@ -8,6 +8,7 @@ so losses stay finite and every parameter gets a gradient.
 """
 from typing import Dict, List
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -18,27 +19,35 @@ from .losses import dice_loss, point_sample, projection_loss, sample_points, sig
 from .matcher import HungarianMatcher
 
 
-def _num_targets_across_processes(targets, device) -> float:
-    """Mean number of targets per process (all-reduced), at least 1."""
-    n = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+def _num_targets_across_processes(targets, device):
+    """Mean number of targets per process, at least 1: a float in one process; a 0-dim
+    device tensor when distributed (all-reduced there, and not read on the host: no sync)."""
+    n = float(sum(len(t["labels"]) for t in targets))
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        n = torch.tensor(n, device=device)
         dist.all_reduce(n)
-        n = n / dist.get_world_size()
-    return max(float(n.item()), 1.0)
+        return (n / dist.get_world_size()).clamp(min=1.0)
+    return max(n, 1.0)
 
 
-def _indices_to(indices, device):
-    """The matcher's host index pairs (per set, per image) moved to ``device`` in one copy."""
-    if device.type == "cpu":
-        return indices
-    flat = [t for per_set in indices for pair in per_set for t in pair]
-    sizes = [len(t) for t in flat]
-    flat = torch.cat(flat)
-    if device.type == "cuda":
-        flat = flat.pin_memory()  # so that the copy is asynchronous
-    moved = flat.to(device, non_blocking=True).split(sizes)
-    it = iter(moved)
-    return [[(next(it), next(it)) for _ in per_set] for per_set in indices]
+def stack_sets(outputs: Dict) -> Dict:
+    """One prediction set (B, Q, ...) with optional "aux_outputs" (a list of the same) ->
+    the stacked layout (S, B, Q, ...) that ``SetCriterion`` works on, the aux sets first and
+    the main set last. A dict already stacked (4-dim "pred_logits") is returned as is."""
+    if outputs["pred_logits"].dim() == 4:
+        return outputs
+    sets = list(outputs.get("aux_outputs", [])) + [outputs]
+    out = {"pred_logits": torch.stack([o["pred_logits"] for o in sets]),
+           "pred_masks": torch.stack([o["pred_masks"] for o in sets])}
+    if any(o.get("valid") is not None for o in sets):
+        out["valid"] = torch.stack([
+            o["valid"] if o.get("valid") is not None else
+            torch.ones(o["pred_logits"].shape[:2], dtype=torch.bool,
+                       device=o["pred_logits"].device) for o in sets])
+    if outputs.get("num_merged"):
+        out["num_merged"] = outputs["num_merged"]
+        out["counts"] = torch.stack([o["counts"] for o in sets])
+    return out
 
 
 class SetCriterion(nn.Module):
@@ -76,38 +85,34 @@ class SetCriterion(nn.Module):
                 "focal_alpha": d.FOCAL_ALPHA, "focal_gamma": d.FOCAL_GAMMA,
                 "match_empty_merged": d.MATCH_EMPTY_MERGED}
 
-    def loss_labels(self, outputs, targets, indices) -> torch.Tensor:
-        """Weighted CE over K+1 classes on valid predictions; unmatched ones -> no-object."""
-        logits = outputs["pred_logits"].float()
-        b, q, k1 = logits.shape
-        target_classes = torch.full((b, q), k1 - 1, dtype=torch.int64, device=logits.device)
-        for i, (src, tgt) in enumerate(indices):
-            target_classes[i, src.to(logits.device)] = targets[i]["labels"][tgt.to(
-                logits.device)]
-        class_w = logits.new_ones(k1)
+    # ------------------------------------------------------------ losses of S sets at once
+    def _class_losses(self, logits, valid, labels, match) -> torch.Tensor:
+        """Weighted CE over K+1 classes on valid predictions, unmatched ones -> no-object:
+        (S,B,Q,K+1) logits -> (S,) one loss per set. ``match`` = (set, image, query,
+        target) index tensors of every matched pair; ``labels`` all targets' classes."""
+        logits = logits.float()
+        s, b, q, k1 = logits.shape
+        target_classes = torch.full((s, b, q), k1 - 1, dtype=torch.int64, device=logits.device)
+        set_ids, img_ids, q_ids, t_ids = match
+        target_classes[set_ids, img_ids, q_ids] = labels[t_ids]
+        class_w = torch.full((k1,), 1.0, device=logits.device)
         class_w[-1] = self.no_object_weight
         w = class_w[target_classes]
-        valid = outputs.get("valid")
         if valid is not None:
-            w = w * valid.float()
-        ce = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")
-        return (ce * w).sum() / w.sum().clamp(min=1e-6)
+            w = w * valid
+        ce = F.cross_entropy(logits.view(-1, k1), target_classes.view(-1), reduction="none")
+        w = w.view(s, -1)
+        return (ce.view(s, -1) * w).sum(1) / w.sum(1).clamp(min=1e-6)
 
-    def _matched(self, outputs, targets, indices, key):
-        masks = outputs["pred_masks"]
-        batch_idx = torch.cat([torch.full_like(s, i) for i, (s, _) in enumerate(indices)])
-        src = masks[batch_idx.to(masks.device), torch.cat([s for s, _ in indices]).to(
-            masks.device)]
-        tgt = torch.cat([targets[i][key][t.to(targets[i][key].device)]
-                         for i, (_, t) in enumerate(indices)])
-        return src.float(), tgt.float()
-
-    def loss_masks(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
-        """Focal + dice on uncertainty-sampled points of the matched masks."""
-        src, tgt = self._matched(outputs, targets, indices, "masks")
-        if len(src) == 0:
-            zero = outputs["pred_masks"].float().sum() * 0.0
-            return {"loss_focal": zero, "loss_dice": zero.clone()}
+    def _mask_losses(self, masks, all_masks, match, num_sets, num_masks):
+        """Focal + dice on uncertainty-sampled points of every set's matched masks:
+        (S,) each, divided by the number of targets."""
+        set_ids, img_ids, q_ids, t_ids = match
+        if len(set_ids) == 0:
+            zero = (masks.float().sum() * 0.0).expand(num_sets)
+            return zero, zero.clone()
+        src = masks[set_ids, img_ids, q_ids].float()
+        tgt = all_masks[t_ids]
         coords = sample_points(src, self.num_points, self.oversample_ratio,
                                self.importance_sample_ratio)
         src_pts = point_sample(src[:, None], coords, align_corners=False)[:, 0]
@@ -115,15 +120,36 @@ class SetCriterion(nn.Module):
             tgt_pts = point_sample(tgt[:, None], coords, align_corners=False)[:, 0]
         focal = sigmoid_focal_loss(src_pts, tgt_pts, self.focal_alpha, self.focal_gamma)
         dice = dice_loss(src_pts.sigmoid(), tgt_pts)
-        return {"loss_focal": self.focal_weight * focal.sum() / num_masks,
-                "loss_dice": self.dice_weight * dice.sum() / num_masks}
+        per_set = src_pts.new_zeros(2, num_sets).index_add_(
+            1, set_ids, torch.stack([focal, dice]))
+        return (self.focal_weight * per_set[0] / num_masks,
+                self.dice_weight * per_set[1] / num_masks)
 
-    def loss_boxes(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
-        """Projection loss (eq. 3) of the matched masks against their boxes."""
-        src, tgt = self._matched(outputs, targets, indices, "boxes")
-        if len(src) == 0:
-            return {"loss_proj": outputs["pred_masks"].float().sum() * 0.0}
-        return {"loss_proj": self.proj_weight * projection_loss(src, tgt).sum() / num_masks}
+    def _box_losses(self, masks, all_boxes, match, num_sets, num_masks):
+        """Projection loss (eq. 3) of every set's matched masks against their boxes: (S,)."""
+        set_ids, img_ids, q_ids, t_ids = match
+        if len(set_ids) == 0:
+            return (masks.float().sum() * 0.0).expand(num_sets)
+        proj = projection_loss(masks[set_ids, img_ids, q_ids], all_boxes[t_ids])
+        return self.proj_weight * proj.new_zeros(num_sets).index_add_(0, set_ids, proj) \
+            / num_masks
+
+    @staticmethod
+    def _flat_indices(indices, targets, device):
+        """The matcher's (pred, target) pairs of every set and image (numpy, ``as_numpy``) as
+        four flat index tensors (set, image, query, target among all targets of the batch),
+        on ``device`` in one copy."""
+        offsets = np.cumsum([0] + [len(t["labels"]) for t in targets])
+        parts = [(np.full(len(src), s), np.full(len(src), i), src, tgt + offsets[i])
+                 for s, per_set in enumerate(indices) for i, (src, tgt) in enumerate(per_set)]
+        flat = (np.concatenate([np.stack(p) for p in parts], 1) if parts else
+                np.zeros((4, 0))).astype(np.int64)
+        flat = torch.from_numpy(flat)
+        if device.type != "cpu":
+            if device.type == "cuda":
+                flat = flat.pin_memory()  # so that the copy is asynchronous
+            flat = flat.to(device, non_blocking=True)
+        return flat.unbind(0)
 
     def _matching_outputs(self, outputs):
         """``outputs`` with empty merged entries (no member proposal) marked invalid for
@@ -132,40 +158,68 @@ class SetCriterion(nn.Module):
         if self.match_empty_merged or not m or "counts" not in outputs:
             return outputs
         valid = outputs["valid"].clone()
-        valid[:, :m] &= outputs["counts"] > 0
+        valid[..., :m] &= outputs["counts"] > 0
         return {**outputs, "valid": valid}
 
-    def _losses_one_set(self, outputs, targets, num_masks, indices):
-        losses = {"loss_ce": self.class_weight * self.loss_labels(outputs, targets, indices)}
-        if all("masks" in t for t in targets):
-            losses.update(self.loss_masks(outputs, targets, indices, num_masks))
-        elif all("boxes" in t for t in targets):
-            losses.update(self.loss_boxes(outputs, targets, indices, num_masks))
-        else:
-            raise KeyError("SetCriterion: every target needs 'masks' (mask supervision) or "
-                           "every target needs 'boxes' (box supervision)")
-        return losses
+    def loss_labels(self, outputs, targets, indices) -> torch.Tensor:
+        """The class loss of one prediction set (B, Q, K+1) and its matcher ``indices``."""
+        device = outputs["pred_logits"].device
+        labels = torch.cat([t["labels"] for t in targets]).to(device)
+        valid = outputs.get("valid")
+        match = self._flat_indices([[(np.asarray(r), np.asarray(c)) for r, c in indices]],
+                                   targets, device)
+        return self._class_losses(outputs["pred_logits"][None], None if valid is None else
+                                  valid[None], labels, match)[0]
 
     def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]],
                 loss_scale: float = 1.0) -> Dict[str, torch.Tensor]:
-        """outputs: "pred_logits", "pred_masks", "valid", optional "aux_outputs" (list of the
-        same); targets per image: "labels" (T,) and "masks" (T,H,W) or "boxes" (T,4) XYXY
-        normalised to the padded image. Returns weighted losses; aux ones suffixed "_<i>"."""
+        """outputs: the stacked predictions of S sets, "pred_logits" (S,B,Q,K+1),
+        "pred_masks" (S,B,Q,H,W), "valid" (S,B,Q), the main (last-layer) set last, as the
+        model gives them; or one set (B,Q,...) with optional "aux_outputs" (a list of the
+        same). Targets per image: "labels" (T,) and "masks" (T,H,W) or "boxes" (T,4) XYXY
+        normalised to the padded image. Returns weighted losses: the main set's as
+        "loss_ce", ...; the other sets' suffixed "_0", "_1", ... in order.
+
+        Every set is matched (one host copy of all cost matrices) and its losses computed in
+        one batched computation over all sets; each set's loss is what it would be alone."""
+        outputs = stack_sets(outputs)
         device = outputs["pred_logits"].device
-        # bool masks -> float once here, not again for every decoder layer's matching and loss
-        targets = [{**t, "masks": t["masks"].float()} if "masks" in t else t for t in targets]
+        num_sets = outputs["pred_logits"].shape[0]
+        if all("masks" in t for t in targets):
+            kind = "masks"
+        elif all("boxes" in t for t in targets):
+            kind = "boxes"
+        else:
+            raise KeyError("SetCriterion: every target needs 'masks' (mask supervision) or "
+                           "every target needs 'boxes' (box supervision)")
+        if kind == "masks":
+            # bool masks -> float once here (one tensor of all targets), not again for every
+            # decoder layer's matching and loss; each image's masks are a view of it
+            all_masks = torch.cat([t["masks"] for t in targets]).float()
+            targets = [{**t, "masks": m} for t, m in
+                       zip(targets, all_masks.split([len(t["labels"]) for t in targets]))]
         with torch.autocast(device_type=device.type, enabled=False):
             num_masks = _num_targets_across_processes(targets, device)
-            sets = [outputs] + list(outputs.get("aux_outputs", []))
-            # every set's matching at once: one host copy of all cost matrices, then the
-            # assignments back to the device in one copy
-            indices = _indices_to(self.matcher.match_sets(
-                [self._matching_outputs(o) for o in sets], targets), device)
-            losses = self._losses_one_set(outputs, targets, num_masks, indices[0])
-            for i, aux in enumerate(sets[1:]):
-                for k, v in self._losses_one_set(aux, targets, num_masks,
-                                                 indices[i + 1]).items():
-                    losses[f"{k}_{i}"] = v
+            indices = self.matcher.match_sets(self._matching_outputs(outputs), targets,
+                                              as_numpy=True)
+            match = self._flat_indices(indices, targets, device)
+            labels = torch.cat([t["labels"] for t in targets])
+            terms = {"loss_ce": self.class_weight * self._class_losses(
+                outputs["pred_logits"], outputs.get("valid"), labels, match)}
+            if kind == "masks":
+                terms["loss_focal"], terms["loss_dice"] = self._mask_losses(
+                    outputs["pred_masks"], all_masks, match, num_sets, num_masks)
+            else:
+                terms["loss_proj"] = self._box_losses(
+                    outputs["pred_masks"], torch.cat([t["boxes"] for t in targets]).float(),
+                    match, num_sets, num_masks)
+            values = torch.stack(list(terms.values()))  # (terms, S)
             if loss_scale != 1.0:
-                losses = {k: v * loss_scale for k, v in losses.items()}
+                values = values * loss_scale
+            # every scalar in one unbind, set by set; the main set first, then the aux sets
+            flat = values.t().reshape(-1).unbind(0)
+        n = len(terms)
+        losses = dict(zip(terms, flat[(num_sets - 1) * n:]))
+        for s in range(num_sets - 1):
+            losses.update({f"{k}_{s}": v for k, v in zip(terms, flat[s * n:(s + 1) * n])})
         return losses

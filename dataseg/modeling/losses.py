@@ -12,23 +12,29 @@ from detectron2.projects.point_rend.point_features import (
 )
 
 __all__ = [
-    "sigmoid_focal_loss", "dice_loss", "focal_cost", "dice_cost", "box_projection_targets",
+    "sigmoid_focal_loss", "dice_loss", "focal_cost", "dice_cost", "focal_dice_costs",
+    "box_projection_targets",
     "projection_loss", "projection_cost", "sample_points", "point_sample",
 ]
 
 
-def _focal_terms(logits: torch.Tensor, alpha: float, gamma: float):
-    """Per-element focal loss for target 1 and for target 0."""
-    p = logits.sigmoid()
-    # BCE-with-logits against 1 and against 0, without building target tensors of ones/zeros
-    pos = -F.logsigmoid(logits)
-    neg = -F.logsigmoid(-logits)
-    pos = pos * (1 - p) ** gamma
-    neg = neg * p ** gamma
-    if alpha >= 0:
-        pos = pos * alpha
-        neg = neg * (1 - alpha)
-    return pos, neg
+def _focal_terms(logits: torch.Tensor, alpha: float, gamma: float, with_probs: bool = False):
+    """Per-element focal loss for target 1 and for target 0 (and sigmoid(logits) when
+    ``with_probs``), from one log-sigmoid and one exp: log p = logsigmoid(x),
+    log(1 - p) = log p - x, p = exp(log p) (BCE-with-logits against 1 and 0 without target
+    tensors; two transcendental passes instead of four). Without gradients the work is done
+    in place."""
+    inplace = not (torch.is_grad_enabled() and logits.requires_grad)
+    log_p = F.logsigmoid(logits)
+    log_1mp = log_p - logits
+    p = log_p.exp()
+    if inplace:
+        neg = p.pow(gamma).mul_(log_1mp).mul_(-(1 - alpha) if alpha >= 0 else -1.0)
+        pos = torch.sub(1.0, p).pow_(gamma).mul_(log_p).mul_(-alpha if alpha >= 0 else -1.0)
+    else:
+        neg = p.pow(gamma) * log_1mp * (-(1 - alpha) if alpha >= 0 else -1.0)
+        pos = (1 - p).pow(gamma) * log_p * (-alpha if alpha >= 0 else -1.0)
+    return (pos, neg, p) if with_probs else (pos, neg)
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
@@ -45,6 +51,19 @@ def focal_cost(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
     pos, neg = _focal_terms(logits, alpha, gamma)
     return (pos @ targets.transpose(-1, -2) + neg @ (1 - targets).transpose(-1, -2)) \
         / logits.shape[-1]
+
+
+def focal_dice_costs(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
+                     gamma: float = 2.0):
+    """``focal_cost(logits, targets)`` and ``dice_cost(sigmoid(logits), targets)`` from one
+    pass over the logits (the sigmoid is the focal terms' own): for matching, no gradients.
+    sum_p pos t + neg (1 - t) = (pos - neg) . t + sum_p neg: one product per matrix."""
+    pos, neg, p = _focal_terms(logits, alpha, gamma, with_probs=True)
+    t = targets.transpose(-1, -2)
+    focal = (pos.sub_(neg) @ t).add_(neg.sum(-1, keepdim=True)).div_(logits.shape[-1])
+    num = (p @ t).mul_(2)
+    den = p.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
+    return focal, 1 - (num + 1) / (den + 1)
 
 
 def dice_loss(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

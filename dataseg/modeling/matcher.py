@@ -8,6 +8,7 @@ device-to-host copy, the assignments solved on the host (issue 22).
 """
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 from detectron2.config import configurable
 from scipy.optimize import linear_sum_assignment
@@ -17,6 +18,7 @@ from .losses import (
     box_projection_targets,
     dice_cost,
     focal_cost,
+    focal_dice_costs,
     point_sample,
     projection_cost,
 )
@@ -77,53 +79,94 @@ class HungarianMatcher(nn.Module):
         return self.match_sets([outputs], targets)[0]
 
     @torch.no_grad()
-    def match_sets(self, sets: List[Dict[str, torch.Tensor]],
-                   targets: List[Dict[str, torch.Tensor]]
+    def match_sets(self, sets, targets: List[Dict[str, torch.Tensor]], as_numpy: bool = False
                    ) -> List[List[Tuple[torch.Tensor, torch.Tensor]]]:
         """``forward`` for several prediction sets of the same images (the decoder layers).
 
+        ``sets``: a dict of stacked tensors "pred_logits" (S,B,Q,K+1), "pred_masks"
+        (S,B,Q,H,W), optional "valid" (S,B,Q), or a list of S ``forward`` dicts.
+
         The cost matrices of every set and image are computed in a few batched calls (sets in
         chunks of at most ``CHUNK_ELEMENTS`` sampled values per tensor), copied to the host in
-        ONE transfer with the valid-query masks, and solved there; each (set, image) gets the
-        same cost as ``cost_matrix`` and its own random points (drawn set by set, image by
-        image, as ``forward`` always drew them). Returns ``forward``'s result per set."""
-        device = sets[0]["pred_logits"].device
-        b, q = sets[0]["pred_logits"].shape[:2]
+        ONE transfer with the query indices they belong to, and solved there; each
+        (set, image) gets the same cost as ``cost_matrix`` on its valid queries, with its own
+        random points (drawn set by set, image by image over the images with targets, as
+        ``forward`` always drew them). Returns ``forward``'s result per set (numpy int64
+        arrays instead of tensors with ``as_numpy``: no tensor op per pair).
+
+        On the CPU the valid queries are gathered first (their count is read on the host,
+        which costs nothing there), so no cost is computed for queries that cannot match;
+        on an accelerator the costs of all Q queries are computed (cheap there) and the
+        invalid ones dropped on the host, so the step waits for the device only once.
+        """
+        if isinstance(sets, (list, tuple)):
+            sets = {"pred_logits": torch.stack([o["pred_logits"] for o in sets]),
+                    "pred_masks": torch.stack([o["pred_masks"] for o in sets]),
+                    **({"valid": torch.stack([o["valid"] for o in sets])}
+                       if all(o.get("valid") is not None for o in sets) else {})}
+        logits, masks = sets["pred_logits"], sets["pred_masks"]
+        device = logits.device
+        ns, b, q = logits.shape[:3]
         n_tgt = [len(t["labels"]) for t in targets]
         t_max = max(n_tgt, default=0)
-        empty = torch.zeros(0, dtype=torch.int64)
+        empty = np.zeros(0, dtype=np.int64)
         if t_max == 0:
-            return [[(empty, empty) for _ in targets] for _ in sets]
-        valid = [o.get("valid") for o in sets]
+            return self._as_tensors([[(empty, empty) for _ in targets] for _ in range(ns)],
+                                    as_numpy)
+        valid = sets.get("valid")
+        if valid is None:
+            valid = torch.ones(ns, b, q, dtype=torch.bool, device=device)
         with torch.autocast(device_type=device.type, enabled=False):
-            # (S, B, Q): which queries take part (cheap; on the device)
-            valid_all = torch.stack([v if v is not None else
-                                     torch.ones(b, q, dtype=torch.bool, device=device)
-                                     for v in valid])
+            if device.type == "cpu":
+                # valid queries first (stable: in query order), then only as many as the
+                # fullest (set, image) has
+                order = torch.argsort((~valid).to(torch.uint8), dim=-1, stable=True)
+                v = max(int(valid.sum(-1).max()), 1)
+                order = order[..., :v]
+                logits = logits.gather(2, order[..., None].expand(-1, -1, -1, logits.shape[-1]))
+                masks = masks.gather(2, order[..., None, None].expand(
+                    -1, -1, -1, *masks.shape[-2:]))
+                valid = valid.gather(2, order)
+            else:
+                order = torch.arange(q, device=device).expand(ns, b, q)
             labels = torch.zeros(b, t_max, dtype=torch.int64, device=device)
             for i, t in enumerate(targets):
                 labels[i, :n_tgt[i]] = t["labels"]
             boxes = "masks" not in targets[0]
-            costs = [self._batched_cost(sets[s0:s0 + self.chunk_sets(b, q)], targets, labels,
-                                        n_tgt, t_max, boxes)
-                     for s0 in range(0, len(sets), self.chunk_sets(b, q))]
-            # the one device-to-host copy of the matching: costs and valid masks together
-            packed = torch.cat([torch.cat(costs), valid_all[..., None].float()], -1).cpu()
-        packed = torch.nan_to_num(packed, nan=1e8, posinf=1e8, neginf=-1e8)
+            if not boxes and any("masks" not in t for t in targets):
+                raise KeyError("HungarianMatcher: target needs 'masks' or 'boxes'")
+            # one (P, 2) draw per (set, image with targets), set by set, image by image
+            with_tgt = [i for i in range(b) if n_tgt[i]]
+            coords = None if boxes else torch.rand(ns, len(with_tgt), self.num_points, 2,
+                                                   device=device)
+            step = self.chunk_sets(b, logits.shape[2])
+            costs = [self._batched_cost(logits[s0:s0 + step], masks[s0:s0 + step], targets,
+                                        labels, n_tgt, with_tgt,
+                                        None if boxes else coords[s0:s0 + step])
+                     for s0 in range(0, ns, step)]
+            # the one device-to-host copy of the matching: costs, query ids and validity
+            packed = torch.cat([torch.cat(costs), order[..., None].float(),
+                                valid[..., None].float()], -1).cpu()
+        packed = np.nan_to_num(packed.numpy(), nan=1e8, posinf=1e8, neginf=-1e8)
         all_indices = []
-        for s in range(len(sets)):
+        for s in range(ns):
             indices = []
             for i in range(b):
-                q_idx = torch.nonzero(packed[s, i, :, -1] > 0)[:, 0]
-                if n_tgt[i] == 0 or len(q_idx) == 0:
+                rows_ok = np.flatnonzero(packed[s, i, :, t_max + 1] > 0)
+                if n_tgt[i] == 0 or len(rows_ok) == 0:
                     indices.append((empty, empty))
                     continue
-                cost = packed[s, i, q_idx, :n_tgt[i]]
-                rows, cols = linear_sum_assignment(cost.numpy())
-                indices.append((q_idx[torch.as_tensor(rows, dtype=torch.int64)],
-                                torch.as_tensor(cols, dtype=torch.int64)))
+                rows, cols = linear_sum_assignment(packed[s, i, rows_ok, :n_tgt[i]])
+                q_idx = packed[s, i, rows_ok[rows], t_max].astype(np.int64)
+                indices.append((q_idx, cols.astype(np.int64)))
             all_indices.append(indices)
-        return all_indices
+        return self._as_tensors(all_indices, as_numpy)
+
+    @staticmethod
+    def _as_tensors(indices, as_numpy: bool):
+        if as_numpy:
+            return indices
+        return [[(torch.from_numpy(r), torch.from_numpy(c)) for r, c in per] for per in indices]
 
     #: at most this many sampled values (sets x images x queries x points) per chunk tensor
     CHUNK_ELEMENTS = 2 ** 24
@@ -131,40 +174,36 @@ class HungarianMatcher(nn.Module):
     def chunk_sets(self, b: int, q: int) -> int:
         return max(1, self.CHUNK_ELEMENTS // max(1, b * q * self.num_points))
 
-    def _batched_cost(self, sets, targets, labels, n_tgt, t_max, boxes) -> torch.Tensor:
-        """(S, B, Q, t_max) costs of ``sets`` (padded target columns are garbage)."""
-        device = labels.device
-        logits = torch.stack([o["pred_logits"] for o in sets]).float()
-        ns, b, q, k1 = logits.shape
-        prob = logits.softmax(-1)
+    def _batched_cost(self, logits, masks, targets, labels, n_tgt, with_tgt, coords
+                      ) -> torch.Tensor:
+        """(S, B, Q, t_max) costs of stacked ``logits`` (S,B,Q,K+1) and ``masks``
+        (S,B,Q,H,W) (padded target columns are garbage); ``coords`` (S, B', P, 2): the
+        points of the B' images with targets (``with_tgt``), None for box targets."""
+        ns, b, q, _ = logits.shape
+        t_max = labels.shape[1]
+        prob = logits.float().softmax(-1)
         cost = -self.cost_class * prob.gather(-1, labels[None, :, None, :].expand(ns, b, q, t_max))
-        if boxes:
-            h, w = sets[0]["pred_masks"].shape[-2:]
+        if coords is None:
+            h, w = masks.shape[-2:]
             tx = labels.new_zeros((b, t_max, w), dtype=torch.float32)
             ty = labels.new_zeros((b, t_max, h), dtype=torch.float32)
-            for i, t in enumerate(targets):
-                if n_tgt[i]:
-                    tx[i, :n_tgt[i]], ty[i, :n_tgt[i]] = box_projection_targets(t["boxes"], h, w)
-            # per set (full-resolution sigmoid masks are large), x and y max-projections
-            probs = [o["pred_masks"].float().sigmoid() for o in sets]
-            px = torch.stack([p.amax(dim=-2) for p in probs])
-            py = torch.stack([p.amax(dim=-1) for p in probs])
-            return cost + self.cost_proj * (dice_cost(px, tx[None]) + dice_cost(py, ty[None]))
-        if any("masks" not in t for t in targets):
-            raise KeyError("HungarianMatcher: target needs 'masks' or 'boxes'")
-        # one (1, P, 2) draw per (set, image) with targets, set by set, image by image
-        zeros = torch.zeros(1, self.num_points, 2, device=device)
-        coords = [[torch.rand(1, self.num_points, 2, device=device) if n_tgt[i] else zeros
-                   for i in range(b)] for _ in sets]
-        pred_pts = torch.stack([
-            point_sample(o["pred_masks"].float(), torch.cat(c), align_corners=False)
-            for o, c in zip(sets, coords)])  # (S, B, Q, P)
-        tgt_pts = logits.new_zeros(ns, b, t_max, self.num_points)
-        for i, t in enumerate(targets):
-            if n_tgt[i]:
-                grid = torch.cat([c[i] for c in coords], 1)  # (1, S*P, 2)
-                pts = point_sample(t["masks"].float()[None], grid, align_corners=False)[0]
-                tgt_pts[:, i, :n_tgt[i]] = pts.view(n_tgt[i], ns, -1).transpose(0, 1)
-        cost = cost + self.cost_focal * focal_cost(pred_pts, tgt_pts, self.focal_alpha,
-                                                   self.focal_gamma)
-        return cost + self.cost_dice * dice_cost(pred_pts.sigmoid(), tgt_pts)
+            for i in with_tgt:
+                tx[i, :n_tgt[i]], ty[i, :n_tgt[i]] = box_projection_targets(
+                    targets[i]["boxes"], h, w)
+            probs = masks.float().sigmoid()
+            return cost + self.cost_proj * (dice_cost(probs.amax(dim=-2), tx[None])
+                                            + dice_cost(probs.amax(dim=-1), ty[None]))
+        p = self.num_points
+        grid = logits.new_zeros(ns, b, p, 2)
+        grid[:, with_tgt] = coords
+        # (S*B, Q, H, W) sampled at each (set, image)'s points -> (S, B, Q, P)
+        pred_pts = point_sample(masks.float().flatten(0, 1), grid.flatten(0, 1),
+                                align_corners=False).view(ns, b, q, p)
+        tgt_pts = logits.new_zeros(ns, b, t_max, p, dtype=torch.float32)
+        for j, i in enumerate(with_tgt):
+            # (T, H, W) at all sets' points of image i at once: (T, S*P)
+            pts = point_sample(targets[i]["masks"].float()[None],
+                               coords[:, j].reshape(1, ns * p, 2), align_corners=False)[0]
+            tgt_pts[:, i, :n_tgt[i]] = pts.view(n_tgt[i], ns, p).transpose(0, 1)
+        focal, dice = focal_dice_costs(pred_pts, tgt_pts, self.focal_alpha, self.focal_gamma)
+        return cost.add_(focal, alpha=self.cost_focal).add_(dice, alpha=self.cost_dice)

@@ -27,8 +27,9 @@ from ..contract import TASKS, get_dataset_info
 from ..text import embedding_dim, text_embedder_from_cfg
 from ..vocabulary import Vocabulary
 from .criterion import SetCriterion
+from .frozen_bn import cache_frozen_batchnorm
 from .linear_classifier import FixedVocabularyClassifier, check_classifier_name
-from .merge import merge_for_task
+from .merge import classes_to_merge, merge_for_task, merge_predictions
 from .pixel_decoder import build_pixel_decoder
 from .postprocessing import (
     instance_inference,
@@ -62,13 +63,25 @@ def class_count_embedder(text_dim: int):
     return embed
 
 
+def host_to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor goes to a CUDA device through pinned memory,
+    asynchronously (a plain copy from pageable memory makes the host wait for the GPU)."""
+    device = torch.device(device)
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def preprocess_images(images: Sequence[torch.Tensor], pixel_mean: torch.Tensor,
                       pixel_std: torch.Tensor, size_divisibility: int,
                       padded_size: Optional[Tuple[int, int]] = None) -> ImageList:
     """(3, H, W) images (any dtype, in cfg.INPUT.FORMAT) -> normalised ImageList padded with
     zeros to a multiple of ``size_divisibility`` (or to exactly ``padded_size``, which must hold
     every image: the fixed input size of an exported model)."""
-    normed = [(x.to(pixel_mean.device).float() - pixel_mean) / pixel_std for x in images]
+    normed = [(host_to_device(x, pixel_mean.device).float() - pixel_mean) / pixel_std
+              for x in images]
     if padded_size is None:
         return ImageList.from_tensors(normed, size_divisibility)
     ph, pw = padded_size
@@ -181,7 +194,8 @@ class DaTaSeg(nn.Module):
     def from_config(cls, cfg):
         d = cfg.MODEL.DATASEG
         text_dim = text_dim_from_cfg(cfg)
-        backbone = build_backbone(cfg)
+        # FrozenBN's affine transform computed once instead of on every call (same values)
+        backbone = cache_frozen_batchnorm(build_backbone(cfg))
         pixel_decoder = build_pixel_decoder(cfg, backbone.output_shape())
         if check_classifier_name(d.CLASSIFIER.NAME) == "linear":
             classifier = FixedVocabularyClassifier(cfg, text_dim=text_dim)
@@ -302,37 +316,43 @@ class DaTaSeg(nn.Module):
 
     def prepare_targets(self, batched_inputs, images: ImageList, task: str, name: str,
                         num_classes: int) -> List[Dict[str, torch.Tensor]]:
-        """Per image: "labels" and padded "masks" (T,Hp,Wp), or "boxes" normalised (box task)."""
+        """Per image: "labels" and padded "masks" (T,Hp,Wp), or "boxes" normalised (box task).
+
+        Built on the host, where the loader leaves them, and moved to the device in one copy
+        per kind for the whole batch (pinned, asynchronous on CUDA): each image's targets are
+        views of those."""
         hp, wp = images.tensor.shape[-2:]
-        targets = []
+        labels, masks, boxes = [], [], []
         for x in batched_inputs:
             if "instances" not in x:
                 raise KeyError(f"DaTaSeg: training input {x.get('image_id')} of '{name}' has "
                                "no 'instances'")
-            inst = x["instances"].to(self.device)
-            labels = inst.gt_classes.long()
-            if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            inst = x["instances"]
+            cls = inst.gt_classes.long()
+            if len(cls) and (int(cls.min()) < 0 or int(cls.max()) >= num_classes):
                 raise ValueError(f"DaTaSeg: image {x.get('image_id')} of '{name}' has class ids "
-                                 f"{labels.unique().tolist()} outside [0, {num_classes})")
-            target = {"labels": labels}
+                                 f"{cls.unique().tolist()} outside [0, {num_classes})")
+            labels.append(cls)
             if task == "box":
-                scale = torch.tensor([wp, hp, wp, hp], dtype=torch.float32, device=self.device)
-                target["boxes"] = inst.gt_boxes.tensor.float() / scale
+                scale = torch.tensor([wp, hp, wp, hp], dtype=torch.float32,
+                                     device=inst.gt_boxes.tensor.device)
+                boxes.append(inst.gt_boxes.tensor.float() / scale)
             else:
                 if not inst.has("gt_masks"):
                     raise KeyError(f"DaTaSeg: image {x.get('image_id')} of '{name}' ({task}) "
                                    "has no gt_masks")
                 m = inst.gt_masks
                 m = getattr(m, "tensor", m)
-                padded = torch.zeros((len(labels), hp, wp), dtype=torch.bool, device=self.device)
+                padded = torch.zeros((len(cls), hp, wp), dtype=torch.bool, device=m.device)
                 padded[:, :m.shape[1], :m.shape[2]] = m
-                target["masks"] = padded
-            targets.append(target)
-        return targets
-
-    def _merge(self, logits, masks, task, is_thing):
-        return merge_for_task(logits, masks, task, is_thing, self.merge_eps,
-                              self.merge_empty_logit)
+                masks.append(padded)
+        counts = [len(c) for c in labels]
+        out = {"labels": host_to_device(torch.cat(labels), self.device).split(counts)}
+        if task == "box":
+            out["boxes"] = host_to_device(torch.cat(boxes), self.device).split(counts)
+        else:
+            out["masks"] = host_to_device(torch.cat(masks), self.device).split(counts)
+        return [{k: v[i] for k, v in out.items()} for i in range(len(batched_inputs))]
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[dict]):
@@ -353,17 +373,32 @@ class DaTaSeg(nn.Module):
                                               is_thing)
         features = self.backbone(images.tensor)
         mask_features, multi_scale = self.pixel_decoder(features)
+        # every decoder layer's prediction stacked (S, B, ...), the last layer last: the
+        # classifier, MERGE and the criterion each take all of them in one call
         dec = self.transformer_decoder(multi_scale, mask_features,
-                                       return_aux=self.deep_supervision, dataset=name)
+                                       return_aux="stacked" if self.deep_supervision else False,
+                                       dataset=name)
+        if not self.deep_supervision:
+            dec = {k: v[None] for k, v in dec.items()}
         text_embed, is_thing = self.vocabulary.get(name, self.device)
         logits = self.classifier(dec["class_embeds"], text_embed, dataset=name)
-        outputs = self._merge(logits, dec["pred_masks"], task, is_thing)
-        outputs["aux_outputs"] = [
-            self._merge(self.classifier(a["class_embeds"], text_embed, dataset=name),
-                        a["pred_masks"], task, is_thing) for a in dec.get("aux_outputs", [])]
+        outputs = merge_predictions(logits, dec["pred_masks"],
+                                    self._classes_to_merge(task, is_thing),
+                                    eps=self.merge_eps, empty_logit=self.merge_empty_logit,
+                                    check=False)
         targets = self.prepare_targets(batched_inputs, images, task, name, len(text_embed))
         return self.criterion(outputs, targets,
                               loss_scale=self.dataset_loss_weights.get(name, 1.0))
+
+    def _classes_to_merge(self, task: str, is_thing: torch.Tensor) -> torch.Tensor:
+        """``classes_to_merge`` of a vocabulary, computed once per (task, is_thing tensor):
+        the stuff ids are a data-dependent selection (a device sync on a GPU)."""
+        cache = self.__dict__.setdefault("_merge_classes_cache", {})
+        hit = cache.get(task)
+        if hit is None or hit[0] is not is_thing:
+            hit = (is_thing, classes_to_merge(task, is_thing))
+            cache[task] = hit
+        return hit[1]
 
     def inference_from_logits(self, pred_logits, pred_masks, batched_inputs,
                               images: ImageList, task: str, is_thing: torch.Tensor) -> List[dict]:

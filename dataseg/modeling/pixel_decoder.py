@@ -71,9 +71,12 @@ class DeformEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index):
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index,
+                level_shapes=None):
+        """src, pos: (B, S, C), or (B*S, C) flattened over the batch; ``level_shapes``: the
+        host copy of ``spatial_shapes`` (MSDeformAttn). Returns src's shape."""
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes,
-                              level_start_index, None)
+                              level_start_index, None, level_shapes)
         src = self.norm1(src + self.dropout(attn))
         ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
@@ -174,18 +177,30 @@ class MSDeformAttnPixelDecoder(nn.Module):
             pos.append(self.pe_layer(x).flatten(2).transpose(1, 2) + self.level_embed[lvl])
         src = torch.cat(srcs, 1)
         pos = torch.cat(pos, 1)
+        b, s_total = src.shape[:2]
         spatial_shapes = level_shapes_tensor(shapes, src.device)
         sizes = spatial_shapes.prod(1)
         level_start = sizes.cumsum(0) - sizes
-        ref = encoder_reference_points(shapes, src.shape[0], src.device, src.dtype)
+        ref = encoder_reference_points(shapes, b, src.device, src.dtype)
+        tracing = torch.jit.is_tracing()
+        # eager: the layers get the level sizes as ints too (nothing read back from the
+        # device) and tokens flattened over the batch (each linear map one matrix product)
+        host_shapes = None if tracing else [(int(h), int(w)) for h, w in shapes]
+        if not tracing:
+            src, pos = src.reshape(b * s_total, -1), pos.reshape(b * s_total, -1)
         for layer in self.layers:
-            src = layer(src, pos, ref, spatial_shapes, level_start)
+            src = layer(src, pos, ref, spatial_shapes, level_start, host_shapes)
+        src = src.view(b, s_total, -1)
 
         # split at the level offsets; while tracing they stay tensors (symbolic sizes)
-        starts = ([level_start[i] for i in range(len(shapes))] if torch.jit.is_tracing()
-                  else level_start.tolist())
+        if tracing:
+            starts = [level_start[i] for i in range(len(shapes))]
+        else:
+            starts = [0]
+            for h, w in host_shapes[:-1]:
+                starts.append(starts[-1] + h * w)
         multi_scale = [src[:, start:start + h * w].transpose(1, 2).reshape(
-            src.shape[0], self.conv_dim, h, w) for start, (h, w) in zip(starts, shapes)]
+            b, self.conv_dim, h, w) for start, (h, w) in zip(starts, shapes)]
         out = multi_scale[-1]
         for lvl, f in enumerate(self.fuse_in_features):
             lateral = self.lateral_convs[lvl](features[f])

@@ -39,7 +39,13 @@ class MLP(nn.Module):
 
 
 class AttentionLayer(nn.Module):
-    """Multi-head attention + residual + LayerNorm (post-norm, or pre-norm if asked)."""
+    """Multi-head attention + residual + LayerNorm (post-norm, or pre-norm if asked).
+
+    The parameters are ``nn.MultiheadAttention``'s (``attn.in_proj_weight``, ...: the layout
+    Mask2Former's checkpoints convert to); the forward computes the same attention with
+    ``scaled_dot_product_attention`` directly, in about half the operators of
+    ``nn.MultiheadAttention``'s training path (its argument checks, mask conversion and
+    per-head reshapes), and takes an attention mask broadcast over the heads (issue 22)."""
 
     def __init__(self, d_model: int, nhead: int, dropout: float, pre_norm: bool):
         super().__init__()
@@ -51,14 +57,45 @@ class AttentionLayer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, tgt, query_pos, memory, memory_pos, attn_mask=None):
-        q = self.norm(tgt) if self.pre_norm else tgt
-        if memory is None:  # self-attention
-            memory, memory_pos = q, query_pos
-        out = self.attn(q + query_pos, memory + memory_pos, memory, attn_mask=attn_mask,
-                        need_weights=False)[0]
+    def forward(self, tgt, query_pos, memory, memory_pos, attn_mask=None, batch: int = 0,
+                memory_with_pos=None):
+        """Queries of ``batch`` images flattened, tgt and query_pos (B*Q, C) (or (B, Q, C));
+        memory, memory_pos (B*L, C) (or (B, L, C)), or None for self-attention;
+        ``memory_with_pos`` optionally memory + memory_pos already summed (shared by the
+        layers that read the same level); attn_mask (B, 1, Q, L) bool, True where a query
+        may attend (or None). Returns tgt's shape. Linear maps of 2-D inputs cost two
+        operators instead of four (and fewer in backward)."""
+        shape = tgt.shape
+        if tgt.dim() == 3:
+            batch = shape[0]
+            tgt, query_pos = tgt.flatten(0, 1), query_pos.flatten(0, 1)
+            if memory is not None:
+                memory, memory_pos = memory.flatten(0, 1), memory_pos.flatten(0, 1)
+        q_in = self.norm(tgt) if self.pre_norm else tgt
+        a = self.attn
+        c = q_in.shape[1]
+        b, nq, h = batch, q_in.shape[0] // batch, a.num_heads
+        if memory is None:  # self-attention: queries and keys from the same input
+            w_qk, w_v = a.in_proj_weight.split([2 * c, c])
+            b_qk, b_v = a.in_proj_bias.split([2 * c, c])
+            q, k = F.linear(q_in + query_pos, w_qk, b_qk).view(b, nq, 2, h, c // h).permute(
+                2, 0, 3, 1, 4).unbind(0)
+            v = F.linear(q_in, w_v, b_v).view(b, nq, h, c // h).transpose(1, 2)
+        else:
+            nk = memory.shape[0] // b
+            if memory_with_pos is None:
+                memory_with_pos = memory + memory_pos
+            w_q, w_k, w_v = a.in_proj_weight.split(c)
+            b_q, b_k, b_v = a.in_proj_bias.split(c)
+            q = F.linear(q_in + query_pos, w_q, b_q).view(b, nq, h, c // h).transpose(1, 2)
+            k = F.linear(memory_with_pos, w_k, b_k).view(b, nk, h, c // h).transpose(1, 2)
+            v = F.linear(memory, w_v, b_v).view(b, nk, h, c // h).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=a.dropout if self.training else 0.0)
+        out = F.linear(out.transpose(1, 2).reshape(b * nq, c), a.out_proj.weight,
+                       a.out_proj.bias)
         tgt = tgt + self.dropout(out)
-        return tgt if self.pre_norm else self.norm(tgt)
+        return (tgt if self.pre_norm else self.norm(tgt)).view(shape)
 
 
 class FFNLayer(nn.Module):
@@ -160,37 +197,47 @@ class MaskedAttentionDecoder(nn.Module):
                                   or d.DATASET_SPECIFIC.HEADS else None)}
 
     def _attn_mask(self, mask_logits_small: torch.Tensor) -> torch.Tensor:
-        """(B, N, h, w) logits at the target scale -> (B*heads, N, h*w) bool, True = blocked.
-        Rows that would block everything are opened entirely."""
-        blocked = (mask_logits_small.flatten(2) < 0).detach()  # sigmoid < 0.5
-        blocked = blocked & ~blocked.all(-1, keepdim=True)
-        return blocked.repeat_interleave(self.nheads, dim=0)
+        """(B, N, h, w) logits at the target scale -> (B, 1, N, h*w) bool, True where a query
+        may attend (sigmoid >= 0.5), broadcast over the heads. Rows that would block
+        everything are opened entirely."""
+        blocked = mask_logits_small.detach().flatten(2) < 0  # sigmoid < 0.5
+        return (~blocked | blocked.all(-1, keepdim=True))[:, None]
 
     def forward(self, multi_scale_features: List[torch.Tensor], mask_features: torch.Tensor,
-                return_aux: bool = True, dataset: Optional[str] = None) -> Dict:
+                return_aux=True, dataset: Optional[str] = None) -> Dict:
         """``dataset``: the batch's dataset name (used only by dataset-specific modules).
 
-        Returns "class_embeds" (B,N,D), "pred_masks" (B,N,H,W) of the last layer and, when
-        ``return_aux``, "aux_outputs": the same for the query prediction and each earlier layer.
+        ``return_aux``:
+          - False: "class_embeds" (B,N,D) and "pred_masks" (B,N,H,W) of the last layer only;
+            the attention masks come from mask features resized to each scale and only the
+            last layer's masks are computed at full resolution (much cheaper).
+          - True: the same plus "aux_outputs", a list with the same two keys for the query
+            prediction and each earlier layer (views of the stacked tensors below).
+          - "stacked": "class_embeds" (S,B,N,D) and "pred_masks" (S,B,N,H,W) of all S =
+            layers + 1 predictions (the query prediction first, the last layer last), each
+            computed in ONE call over all of them (the training path: deep supervision).
 
-        Without ``return_aux`` the attention masks are computed on mask features resized to
-        each scale (bilinear resizing is linear, so this equals resizing the full-resolution
-        mask logits) and full-resolution masks only for the last layer: much cheaper.
+        The attention mask of every layer is computed from the mask features resized to that
+        layer's scale: bilinear resizing is linear, so this equals resizing the
+        full-resolution mask logits (up to rounding), without computing them per layer.
         """
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(f"decoder expects {self.num_feature_levels} feature levels, got "
                              f"{len(multi_scale_features)}")
-        srcs, poses, sizes = [], [], []
+        b = mask_features.shape[0]
+        # tokens flattened over the batch, (B*L, C) and (B*Q, C): every linear map in the
+        # layers is then one matrix product (issue 22)
+        srcs, poses, with_pos, sizes = [], [], [], []
         for i, x in enumerate(multi_scale_features):
             sizes.append(x.shape[-2:])
-            poses.append(self.pe_layer(x).flatten(2).transpose(1, 2))
-            srcs.append(self.input_proj[i](x).flatten(2).transpose(1, 2)
-                        + self.level_embed.weight[i])
-        b = mask_features.shape[0]
-        small_features = None
-        if not return_aux:
-            small_features = [F.interpolate(mask_features, size=s, mode="bilinear",
-                                            align_corners=False) for s in sizes]
+            pos = self.pe_layer(x).flatten(2).transpose(1, 2).reshape(-1, x.shape[1])
+            src = (self.input_proj[i](x).flatten(2).transpose(1, 2)
+                   + self.level_embed.weight[i]).reshape(pos.shape[0], -1)
+            poses.append(pos)
+            srcs.append(src)
+            with_pos.append(src + pos)  # the keys' input, shared by the layers of this level
+        small_features = [F.interpolate(mask_features, size=s, mode="bilinear",
+                                        align_corners=False) for s in sizes]
         copy = self.dataset_index(dataset) if self.dataset_index is not None else 0
         query_feat, query_embed = self.query_feat, self.query_embed
         if self.specific_queries:
@@ -198,39 +245,43 @@ class MaskedAttentionDecoder(nn.Module):
         class_head, mask_head = self.class_embed, self.mask_embed
         if self.specific_heads:
             class_head, mask_head = class_head[copy], mask_head[copy]
-        query_pos = query_embed.weight[None].expand(b, -1, -1)
-        output = query_feat.weight[None].expand(b, -1, -1)
+        nq = query_feat.weight.shape[0]
+        query_pos = query_embed.weight.repeat(b, 1)  # (B*Q, C)
+        output = query_feat.weight.repeat(b, 1)
+        every = bool(return_aux)  # predictions of every layer are kept
 
-        aux = []
+        decs, mask_embs = [], []
 
         def predict(out, level_next, final):
+            """Keeps this prediction's normalised queries and mask embeddings; returns the
+            next layer's attention mask (None after the last layer)."""
             dec = self.decoder_norm(out)
-            mask_emb = mask_head(dec)
-            full = None
-            if return_aux or final:
-                full = torch.einsum("bqc,bchw->bqhw", mask_emb, mask_features)
+            mask_emb = mask_head(dec).view(b, nq, -1)
+            if every or final:
+                decs.append(dec)
+                mask_embs.append(mask_emb)
             if final:
-                return dec, full, None
-            if small_features is not None:
-                small = torch.einsum("bqc,bchw->bqhw", mask_emb, small_features[level_next])
-            else:
-                small = F.interpolate(full, size=sizes[level_next], mode="bilinear",
-                                      align_corners=False)
-            return dec, full, self._attn_mask(small)
+                return None
+            small = torch.einsum("bqc,bchw->bqhw", mask_emb, small_features[level_next])
+            return self._attn_mask(small)
 
-        dec, full, attn_mask = predict(output, 0, self.num_layers == 0)
-        if return_aux and self.num_layers > 0:
-            aux.append({"class_embeds": class_head(dec), "pred_masks": full})
+        attn_mask = predict(output, 0, self.num_layers == 0)
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
-            output = self.cross_layers[i](output, query_pos, srcs[lvl], poses[lvl], attn_mask)
-            output = self.self_layers[i](output, query_pos, None, None)
+            output = self.cross_layers[i](output, query_pos, srcs[lvl], poses[lvl], attn_mask,
+                                          batch=b, memory_with_pos=with_pos[lvl])
+            output = self.self_layers[i](output, query_pos, None, None, batch=b)
             output = self.ffn_layers[i](output)
-            final = i == self.num_layers - 1
-            dec, full, attn_mask = predict(output, (i + 1) % self.num_feature_levels, final)
-            if return_aux and not final:
-                aux.append({"class_embeds": class_head(dec), "pred_masks": full})
-        result = {"class_embeds": class_head(dec), "pred_masks": full}
-        if return_aux:
-            result["aux_outputs"] = aux
-        return result
+            attn_mask = predict(output, (i + 1) % self.num_feature_levels,
+                                i == self.num_layers - 1)
+        if not every:
+            return {"class_embeds": class_head(decs[-1]).view(b, nq, -1),
+                    "pred_masks": torch.einsum("bqc,bchw->bqhw", mask_embs[-1], mask_features)}
+        # every prediction's class embeddings and full-resolution masks in one call each
+        class_embeds = class_head(torch.cat(decs)).view(len(decs), b, nq, -1)
+        pred_masks = torch.einsum("sbqc,bchw->sbqhw", torch.stack(mask_embs), mask_features)
+        if return_aux == "stacked":
+            return {"class_embeds": class_embeds, "pred_masks": pred_masks}
+        return {"class_embeds": class_embeds[-1], "pred_masks": pred_masks[-1],
+                "aux_outputs": [{"class_embeds": c, "pred_masks": m} for c, m in
+                                zip(class_embeds[:-1], pred_masks[:-1])]}

@@ -29,8 +29,14 @@ KNOWN = {"_trainer", "_optimizer", "_data_loader_iter", "_LOCAL_PROCESS_GROUP", 
          "_fallback_candidates", "_get_pad"}
 
 
+# torch's, not Detectron2's: torch.Tensor._version (autograd's in-place version counter, read
+# by dataseg/modeling/frozen_bn.py to know when a frozen buffer changed), a name Detectron2's
+# FrozenBatchNorm2d also uses for its state-dict version
+TORCH_NAMES = {"_version"}
+
+
 def _private(name: str) -> bool:
-    return name.startswith("_") and not name.startswith("__")
+    return name.startswith("_") and not name.startswith("__") and name not in TORCH_NAMES
 
 
 def detectron2_private_names():

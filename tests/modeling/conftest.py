@@ -28,8 +28,10 @@ def exact_matcher_points(monkeypatch):
         real_rand = torch.rand
 
         def rand(*size, **kwargs):
-            if len(size) == 3 and size[0] == 1 and size[2] == 2 and size[1] == h * w:
-                return pixel_centres(h, w)[None].to(kwargs.get("device") or "cpu")
+            # the matcher's point draws: (..., h*w, 2), one set of points per (set, image)
+            if len(size) >= 3 and size[-1] == 2 and size[-2] == h * w:
+                return pixel_centres(h, w).expand(*size).clone().to(
+                    kwargs.get("device") or "cpu")
             return real_rand(*size, **kwargs)
 
         monkeypatch.setattr(matcher_module.torch, "rand", rand)

@@ -242,7 +242,10 @@ def test_channels_last_is_the_same_model():
             assert torch.allclose(v, out[True][0][k], rtol=1e-4, atol=1e-5), (batch_fn, k)
         assert out[False][1].keys() == out[True][1].keys()
         for n, g in out[False][1].items():
-            assert torch.allclose(g, out[True][1][n], rtol=1e-3, atol=1e-5), (batch_fn, n)
+            # rounding: an element's absolute error scales with the tensor's magnitude (the
+            # stem's gradients reach ~2, accumulated through the whole network)
+            atol = 1e-5 * max(1.0, float(g.abs().max()))
+            assert torch.allclose(g, out[True][1][n], rtol=1e-3, atol=atol), (batch_fn, n)
     for m in models.values():
         m.eval()
     x = [{"image": _image(), "dataset_name": "tiny_pan", "task": "semantic", "height": 64,

@@ -17,7 +17,7 @@ Conventions (both paths): sampling locations are normalised (x, y) in [0, 1] of 
 level read zeros (bilinear with zero padding).
 """
 import math
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch  # must be imported before dataseg._C, whose symbols come from libtorch
 import torch.nn.functional as F
@@ -73,7 +73,7 @@ def kernel_status() -> str:
 
 
 def _check_core_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                       attention_weights):
+                       attention_weights, shapes_list=None):
     """Validates the shapes shared by both implementations; errors name the bad argument."""
     if value.dim() != 4:
         raise ValueError(f"ms_deform_attn: value must be (N, S, M, D), got {tuple(value.shape)}")
@@ -97,14 +97,20 @@ def _check_core_inputs(value, spatial_shapes, level_start_index, sampling_locati
                          f"got {tuple(attention_weights.shape)}")
     if torch.jit.is_tracing():  # sizes are symbolic in an exported graph: nothing to compare
         return
-    total = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
+    if shapes_list is not None:  # the caller's host copy: no device read
+        if len(shapes_list) != n_levels:
+            raise ValueError(f"ms_deform_attn: {len(shapes_list)} level shapes given for "
+                             f"{n_levels} levels")
+        total = sum(h * w for h, w in shapes_list)
+    else:
+        total = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
     if total != s:
         raise ValueError(f"ms_deform_attn: value has S={s} positions but spatial_shapes "
-                         f"{spatial_shapes.tolist()} sum to {total}")
+                         f"{shapes_list or spatial_shapes.tolist()} sum to {total}")
 
 
 def ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations,
-                           attention_weights):
+                           attention_weights, shapes_list=None):
     """Deformable attention core in plain PyTorch (bilinear ``grid_sample`` per level).
 
     Args:
@@ -113,11 +119,14 @@ def ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_lo
         level_start_index: (L,) int64, offset of each level in S.
         sampling_locations: (N, Lq, M, L, P, 2), normalised (x, y) in [0, 1].
         attention_weights: (N, Lq, M, L, P), already normalised over L * P.
+        shapes_list: optional host copy of ``spatial_shapes`` as [(H_l, W_l)] ints (levels
+            back to back from 0, as ``level_start_index`` must then say): nothing is read
+            from the device (a sync on a GPU).
     Returns:
         (N, Lq, M * D).
     """
     _check_core_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                       attention_weights)
+                       attention_weights, shapes_list)
     n, _, m, d = value.shape
     _, lq, _, n_levels, p, _ = sampling_locations.shape
     if torch.jit.is_tracing():
@@ -125,6 +134,11 @@ def ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_lo
         # the sizes as traced 0-dim tensors, so it follows the input instead of being frozen
         shapes = [(spatial_shapes[i, 0], spatial_shapes[i, 1]) for i in range(n_levels)]
         starts = [level_start_index[i] for i in range(n_levels)]
+    elif shapes_list is not None:
+        shapes = shapes_list
+        starts = [0]
+        for h, w in shapes[:-1]:
+            starts.append(starts[-1] + h * w)
     else:
         shapes = spatial_shapes.tolist()
         starts = level_start_index.tolist()
@@ -193,10 +207,10 @@ class MSDeformAttnFunction(Function):
 
 
 def ms_deform_attn_cuda(value, spatial_shapes, level_start_index, sampling_locations,
-                        attention_weights):
+                        attention_weights, shapes_list=None):
     """Same contract as ``ms_deform_attn_pytorch``, computed by the compiled kernel."""
     _check_core_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                       attention_weights)
+                       attention_weights, shapes_list)
     if not value.is_cuda:
         raise RuntimeError("ms_deform_attn_cuda: the kernel needs CUDA tensors, got "
                            f"value on {value.device}")
@@ -261,32 +275,50 @@ class MSDeformAttn(nn.Module):
         return value.is_cuda and kernel_available()
 
     def forward(self, query, reference_points, input_flatten, input_spatial_shapes,
-                input_level_start_index, input_padding_mask: Optional[torch.Tensor] = None):
+                input_level_start_index, input_padding_mask: Optional[torch.Tensor] = None,
+                level_shapes: Optional[List[Tuple[int, int]]] = None):
         """
         Args:
-            query: (N, Lq, C).
+            query: (N, Lq, C), or (N*Lq, C) flattened over the batch (then ``input_flatten``
+                is (N*S, C) too and the output is (N*Lq, C): every linear map is one matrix
+                product).
             reference_points: (N, Lq, L, 2) normalised (x, y) in [0, 1], or (N, Lq, L, 4)
                 boxes (cx, cy, w, h); offsets are then relative to half the box size.
             input_flatten: (N, S, C), all levels flattened.
             input_spatial_shapes: (L, 2) int64 (H, W); input_level_start_index: (L,) int64.
             input_padding_mask: (N, S) bool, True at padded positions (they contribute 0).
+            level_shapes: optional host copy of ``input_spatial_shapes`` [(H, W)] (ints):
+                then nothing is read back from the device.
         Returns:
-            (N, Lq, C).
+            (N, Lq, C) (or (N*Lq, C)).
         """
-        n, lq, c = query.shape
+        flat = query.dim() == 2
+        n, lq = reference_points.shape[:2]
+        c = query.shape[-1]
         if c != self.d_model:
             raise ValueError(f"MSDeformAttn: query has {c} channels, expected {self.d_model}")
-        if input_flatten.dim() != 3 or input_flatten.shape[0] != n \
-                or input_flatten.shape[2] != c:
-            raise ValueError(f"MSDeformAttn: input_flatten must be (N={n}, S, C={c}), got "
-                             f"{tuple(input_flatten.shape)}")
-        s = input_flatten.shape[1]
+        if flat:
+            if query.shape[0] != n * lq or input_flatten.dim() != 2 \
+                    or input_flatten.shape[0] % n or input_flatten.shape[1] != c:
+                raise ValueError(f"MSDeformAttn: flattened query must be (N*Lq={n * lq}, C) "
+                                 f"and input_flatten (N*S, C={c}), got {tuple(query.shape)}, "
+                                 f"{tuple(input_flatten.shape)}")
+            s = input_flatten.shape[0] // n
+        else:
+            if query.dim() != 3 or tuple(query.shape[:2]) != (n, lq):
+                raise ValueError(f"MSDeformAttn: query must be (N={n}, Lq={lq}, C), got "
+                                 f"{tuple(query.shape)}")
+            if input_flatten.dim() != 3 or input_flatten.shape[0] != n \
+                    or input_flatten.shape[2] != c:
+                raise ValueError(f"MSDeformAttn: input_flatten must be (N={n}, S, C={c}), got "
+                                 f"{tuple(input_flatten.shape)}")
+            s = input_flatten.shape[1]
         if tuple(input_spatial_shapes.shape) != (self.n_levels, 2):
             raise ValueError(f"MSDeformAttn: input_spatial_shapes must be ({self.n_levels}, 2), "
                              f"got {tuple(input_spatial_shapes.shape)}")
-        if reference_points.dim() != 4 or tuple(reference_points.shape[:3]) != \
-                (n, lq, self.n_levels) or reference_points.shape[-1] not in (2, 4):
-            raise ValueError(f"MSDeformAttn: reference_points must be (N={n}, Lq={lq}, "
+        if reference_points.dim() != 4 or reference_points.shape[2] != self.n_levels \
+                or reference_points.shape[-1] not in (2, 4):
+            raise ValueError(f"MSDeformAttn: reference_points must be (N, Lq, "
                              f"L={self.n_levels}, 2 or 4), got {tuple(reference_points.shape)}")
 
         m, nl, p = self.n_heads, self.n_levels, self.n_points
@@ -295,7 +327,8 @@ class MSDeformAttn(nn.Module):
             if tuple(input_padding_mask.shape) != (n, s):
                 raise ValueError(f"MSDeformAttn: input_padding_mask must be (N={n}, S={s}), got "
                                  f"{tuple(input_padding_mask.shape)}")
-            value = value.masked_fill(input_padding_mask[..., None].bool(), 0.0)
+            value = value.masked_fill(input_padding_mask.reshape(value.shape[:-1])[..., None]
+                                      .bool(), 0.0)
         value = value.view(n, s, m, c // m)
         offsets = self.sampling_offsets(query).view(n, lq, m, nl, p, 2)
         weights = self.attention_weights(query).view(n, lq, m, nl * p)
@@ -303,18 +336,21 @@ class MSDeformAttn(nn.Module):
 
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: divide by its (W, H).
+            # from the device tensor (a host list would be a blocking copy to a GPU)
             normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
-            locations = (reference_points[:, :, None, :, None, :]
-                         + offsets / normalizer[None, None, None, :, None, :])
+            locations = (reference_points.reshape(n, lq, 1, nl, 1, 2)
+                         + offsets / normalizer[:, None, :])
         else:
             locations = (reference_points[:, :, None, :, None, :2]
                          + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5)
 
         if self._use_kernel(value):
             out = ms_deform_attn_cuda(value, input_spatial_shapes, input_level_start_index,
-                                      locations, weights)
+                                      locations, weights, level_shapes)
             out = out.to(query.dtype)
         else:
             out = ms_deform_attn_pytorch(value, input_spatial_shapes, input_level_start_index,
-                                         locations, weights)
+                                         locations, weights, level_shapes)
+        if flat:
+            out = out.view(n * lq, c)
         return self.output_proj(out)
