@@ -10,14 +10,14 @@ return Detectron2 outputs through the same Python post-processing
 network alone (ONNX graph vs eager ``model.network`` vs HF forward) is timed too. The int8
 models (``--quantize dynamic`` / ``static`` of tools/export_model.py, written by
 ``dataseg.export.quantize_onnx``; static calibrated on 4 generated images: the weights are
-random, so this measures speed only, accuracy is in docs/results/cpu_inference.md) run in the
+random, so this measures speed only, accuracy is in docs/RESULTS.md, CPU inference and export) run in the
 same rotation unless ``--no-int8``.
 
     python benchmarks/bench_export.py [--threads 2] [--repeats 7] [--warmup 2] [--no-int8]
 
 Target (issue 27): onnxruntime fp32 / HF full inference <= 0.5x. The 1-minute load average is
 printed before and after; a verdict only on a quiet machine (see bench_model.py), else the
-figures are marked "taken under load". Take figures with ``/work/heavy --all``.
+figures are marked "taken under load".
 """
 import argparse
 import json

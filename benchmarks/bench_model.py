@@ -12,7 +12,7 @@ reported too.
 Targets (issue 27): interleaved ours / HF <= 0.7x. The 1-minute load average is printed before
 and after; the verdict against the target is printed only when the machine was quiet (load
 before <= --threads, and after <= --threads + 1, which counts the benchmark's own threads);
-otherwise the figures are marked "taken under load". Take figures with ``/work/heavy --all``.
+otherwise the figures are marked "taken under load".
 """
 import argparse
 import json
