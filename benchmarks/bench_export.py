@@ -10,8 +10,8 @@ return Detectron2 outputs through the same Python post-processing
 network alone (ONNX graph vs eager ``model.network`` vs HF forward) is timed too. The int8
 models (``--quantize dynamic`` / ``static`` of tools/export_model.py, written by
 ``dataseg.export.quantize_onnx``; static calibrated on 4 generated images: the weights are
-random, so this measures speed only, accuracy is in docs/RESULTS.md, CPU inference and export) run in the
-same rotation unless ``--no-int8``.
+random, so this measures speed only; accuracy: docs/RESULTS.md, "CPU inference and export")
+run in the same rotation unless ``--no-int8``.
 
     python benchmarks/bench_export.py [--threads 2] [--repeats 7] [--warmup 2] [--no-int8]
 

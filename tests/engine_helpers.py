@@ -68,6 +68,45 @@ def tiny_opts(tmp: Path, output_dir: Path, max_iter=4, train=TRAIN_SETS, test=TE
     return flat
 
 
+def train_until(cfg, trainer_cls=None, resume=False, stop_at=None):
+    """Trains ``cfg`` with Detectron2's loop (``DaTaSegTrainer`` unless ``trainer_cls``),
+    seeded as train_net.py's default_setup does; ``stop_at``: interrupted after that iteration
+    (a KeyboardInterrupt, as a killed run). Returns (trainer, a copy of the final weights)."""
+    from detectron2.engine import HookBase
+    from detectron2.utils.env import seed_all_rng
+
+    from dataseg.engine import DaTaSegTrainer
+
+    class StopAt(HookBase):
+        def after_step(self):
+            if self.trainer.iter == stop_at:
+                raise KeyboardInterrupt("simulated interruption")
+
+    seed_all_rng(cfg.SEED)
+    trainer = (trainer_cls or DaTaSegTrainer)(cfg)
+    if stop_at is not None:
+        trainer.register_hooks([StopAt()])
+    trainer.resume_or_load(resume=resume)
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        pass
+    return trainer, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def train_tiny(tmp: Path, output_dir: Path, max_iter: int):
+    """A tiny quickstart model co-trained ``max_iter`` iterations on its own small synthetic
+    world under ``tmp``; returns its config (OUTPUT_DIR ``output_dir``)."""
+    from dataseg.data.synthetic import ensure_generated, register_synthetic_world
+    from dataseg.engine import build_cfg
+
+    cfg = build_cfg(QUICKSTART, tiny_opts(tmp, output_dir, max_iter=max_iter))
+    register_synthetic_world(cfg)
+    ensure_generated(cfg)
+    train_until(cfg)
+    return cfg
+
+
 def all_finite(rows):
     return all(math.isfinite(r["value"]) for r in rows)
 

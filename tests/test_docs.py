@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from engine_helpers import QUICKSTART, REPO, tiny_opts
+from engine_helpers import REPO, train_tiny
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -319,19 +319,9 @@ def scratch(tmp_path_factory):
     Detectron2's trainer as ``output/quickstart/model_final.pth``, its config as
     ``configs/quickstart.yaml``, and ``image.jpg`` (a synthetic validation image)."""
     from detectron2.data import DatasetCatalog
-    from detectron2.utils.env import seed_all_rng
-
-    from dataseg.data.synthetic import ensure_generated, register_synthetic_world
-    from dataseg.engine import DaTaSegTrainer, build_cfg
 
     tmp = tmp_path_factory.mktemp("docs_snippets")
-    cfg = build_cfg(QUICKSTART, tiny_opts(tmp, tmp / "output" / "quickstart", max_iter=2))
-    register_synthetic_world(cfg)
-    ensure_generated(cfg)
-    seed_all_rng(cfg.SEED)
-    trainer = DaTaSegTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    cfg = train_tiny(tmp, tmp / "output" / "quickstart", max_iter=2)
     (tmp / "configs").mkdir()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = ""

@@ -10,17 +10,15 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.visualizer import Visualizer
-from engine_helpers import QUICKSTART, REPO, tiny_opts
+from engine_helpers import QUICKSTART, REPO, train_tiny
 from panopticapi.utils import rgb2id
 from PIL import Image
 from pycocotools.coco import COCO
 
 import dataseg  # noqa: F401
 from dataseg.data.register import register_panoptic_dataset, unregister_dataset
-from dataseg.data.synthetic import ensure_generated, register_synthetic_world
-from dataseg.engine import AtomicCheckpointer, DaTaSegTrainer, build_cfg
+from dataseg.engine import AtomicCheckpointer
 from dataseg.export import ExportedPredictor, compare_with_eager, export_model
 from dataseg.predictor import (
     DaTaSegPredictor,
@@ -45,13 +43,7 @@ def _load_demo():
 def trained(tmp_path_factory):
     """A tiny model co-trained 4 iterations by Detectron2's trainer; returns its config."""
     tmp = tmp_path_factory.mktemp("inference")
-    cfg = build_cfg(QUICKSTART, tiny_opts(tmp, tmp / "train", max_iter=4))
-    register_synthetic_world(cfg)
-    ensure_generated(cfg)
-    seed_all_rng(cfg.SEED)
-    trainer = DaTaSegTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    cfg = train_tiny(tmp, tmp / "train", max_iter=4)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = str(tmp / "train" / "model_final.pth")

@@ -5,10 +5,8 @@ the per-parameter rule of before (written out by hand below, not taken from the 
 fused AdamW call per group, and that a checkpoint written with one group per parameter resumes
 into the merged layout and ends bit-identical to an uninterrupted run (old layout or new)."""
 import torch
-from detectron2.engine import HookBase
 from detectron2.modeling import build_model
-from detectron2.utils.env import seed_all_rng
-from engine_helpers import QUICKSTART, REPO, tiny_opts
+from engine_helpers import QUICKSTART, REPO, tiny_opts, train_until
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -87,15 +85,6 @@ def test_r50_groups_are_few_and_keep_every_parameters_lr_and_weight_decay():
     assert ops.counts.get("_fused_adamw_") == len(opt.param_groups)
 
 
-class _StopAt(HookBase):
-    def __init__(self, it):
-        self.it = it
-
-    def after_step(self):
-        if self.trainer.iter == self.it:
-            raise KeyboardInterrupt("simulated interruption")
-
-
 class _PerParameterTrainer(DaTaSegTrainer):
     """The trainer with the optimizer of before issue 22: fused AdamW over one group per
     parameter, full-model clipping over all of them (written out here)."""
@@ -127,16 +116,7 @@ def _cfg(tmp_path, out, max_iter=6):
 
 
 def _train(trainer_cls, cfg, resume=False, stop_at=None):
-    seed_all_rng(cfg.SEED)
-    trainer = trainer_cls(cfg)
-    if stop_at is not None:
-        trainer.register_hooks([_StopAt(stop_at)])
-    trainer.resume_or_load(resume=resume)
-    try:
-        trainer.train()
-    except KeyboardInterrupt:
-        pass
-    return trainer, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    return train_until(cfg, trainer_cls, resume=resume, stop_at=stop_at)
 
 
 def test_per_parameter_checkpoint_resumes_into_merged_groups_bit_exactly(tmp_path):

@@ -7,9 +7,7 @@ import sys
 
 import pytest
 import torch
-from detectron2.engine import HookBase
-from detectron2.utils.env import seed_all_rng
-from engine_helpers import QUICKSTART, REPO, TEST_SETS, all_finite, tiny_opts
+from engine_helpers import QUICKSTART, REPO, TEST_SETS, all_finite, tiny_opts, train_until
 
 import dataseg  # noqa: F401
 from dataseg.data.synthetic import ensure_generated, register_synthetic_world
@@ -73,29 +71,8 @@ def test_cotraining_then_eval_only_computes_every_metric(trained):
     assert set(summary["results"]) == set(TEST_SETS)
 
 
-class _StopAt(HookBase):
-    """Simulates an interrupted run: raises after iteration ``it`` has finished."""
-
-    def __init__(self, it):
-        self.it = it
-
-    def after_step(self):
-        if self.trainer.iter == self.it:
-            raise KeyboardInterrupt("simulated interruption")
-
-
 def _train(cfg, resume=False, stop_at=None):
-    seed_all_rng(cfg.SEED)  # as train_net.py's default_setup does
-    trainer = DaTaSegTrainer(cfg)
-    if stop_at is not None:
-        trainer.register_hooks([_StopAt(stop_at)])
-    trainer.resume_or_load(resume=resume)
-    try:
-        trainer.train()
-    except KeyboardInterrupt:
-        pass
-    model = trainer.model
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return train_until(cfg, resume=resume, stop_at=stop_at)[1]
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
