@@ -80,10 +80,40 @@ def check_record_files(records, max_records: int = 0) -> Tuple[Optional[str], in
     return first, count, len(indices)
 
 
+def _file_size(path: str, what: str, exif: bool, missing_note: str = ""):
+    """((height, width), None) of the image file ``path`` from its header, or
+    (None, the problem)."""
+    if not os.path.isfile(path):
+        return None, f"{what} file not found: {path}{missing_note}"
+    try:
+        return _header_size(path, exif=exif), None
+    except (OSError, SyntaxError, ValueError) as e:
+        return None, f"{what} file cannot be read as an image: {path} ({type(e).__name__})"
+
+
 def _record_problem(record) -> Optional[str]:
     image = record.get("file_name")
     if not image:
         return None
+    size, problem = _file_size(image, "image", exif=True)
+    if problem:
+        return problem
+    want = (record.get("height"), record.get("width"))
+    if None not in want and tuple(want) != size:
+        return (f"image {image} is {size[0]}x{size[1]} (height x width) but its record says "
+                f"{want[0]}x{want[1]}")
+    for key, what in _LABEL_KEYS:
+        label = record.get(key)
+        if not label:
+            continue
+        label_size, problem = _file_size(label, what, exif=False,
+                                         missing_note=f" (image {image})")
+        if problem:
+            return problem
+        if label_size != size:
+            return (f"{what} {label} is {label_size[0]}x{label_size[1]} but its image {image} "
+                    f"is {size[0]}x{size[1]} (height x width)")
+    return None
     if not os.path.isfile(image):
         return f"image file not found: {image}"
     try:
