@@ -114,27 +114,3 @@ def _record_problem(record) -> Optional[str]:
             return (f"{what} {label} is {label_size[0]}x{label_size[1]} but its image {image} "
                     f"is {size[0]}x{size[1]} (height x width)")
     return None
-    if not os.path.isfile(image):
-        return f"image file not found: {image}"
-    try:
-        size = _header_size(image, exif=True)
-    except (OSError, SyntaxError, ValueError) as e:
-        return f"image file cannot be read as an image: {image} ({type(e).__name__})"
-    want = (record.get("height"), record.get("width"))
-    if None not in want and tuple(want) != size:
-        return (f"image {image} is {size[0]}x{size[1]} (height x width) but its record says "
-                f"{want[0]}x{want[1]}")
-    for key, what in _LABEL_KEYS:
-        label = record.get(key)
-        if not label:
-            continue
-        if not os.path.isfile(label):
-            return f"{what} file not found: {label} (image {image})"
-        try:
-            label_size = _header_size(label, exif=False)
-        except (OSError, SyntaxError, ValueError) as e:
-            return f"{what} file cannot be read as an image: {label} ({type(e).__name__})"
-        if label_size != size:
-            return (f"{what} {label} is {label_size[0]}x{label_size[1]} but its image {image} "
-                    f"is {size[0]}x{size[1]} (height x width)")
-    return None
