@@ -24,7 +24,7 @@ def _num_targets_across_processes(targets, device):
     device tensor when distributed (all-reduced there, and not read on the host: no sync)."""
     n = float(sum(len(t["labels"]) for t in targets))
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        n = torch.tensor(n, device=device)
+        n = torch.full((), n, device=device)  # filled on the device: no host copy
         dist.all_reduce(n)
         return (n / dist.get_world_size()).clamp(min=1.0)
     return max(n, 1.0)

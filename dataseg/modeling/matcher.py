@@ -194,8 +194,11 @@ class HungarianMatcher(nn.Module):
             return cost + self.cost_proj * (dice_cost(probs.amax(dim=-2), tx[None])
                                             + dice_cost(probs.amax(dim=-1), ty[None]))
         p = self.num_points
-        grid = logits.new_zeros(ns, b, p, 2)
-        grid[:, with_tgt] = coords
+        if len(with_tgt) == b:
+            grid = coords
+        else:  # images without targets get points too (their costs are not read)
+            grid = logits.new_zeros(ns, b, p, 2)
+            grid[:, with_tgt] = coords
         # (S*B, Q, H, W) sampled at each (set, image)'s points -> (S, B, Q, P)
         pred_pts = point_sample(masks.float().flatten(0, 1), grid.flatten(0, 1),
                                 align_corners=False).view(ns, b, q, p)

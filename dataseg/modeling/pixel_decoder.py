@@ -89,7 +89,17 @@ def level_shapes_tensor(shapes: List[tuple], device) -> torch.Tensor:
     if torch.jit.is_tracing():
         return torch.stack([torch.stack([torch.as_tensor(h), torch.as_tensor(w)])
                             for h, w in shapes]).to(device=device, dtype=torch.long)
-    return torch.as_tensor(shapes, dtype=torch.long, device=device)
+    # cached per (sizes, device): a tensor made from host ints on a GPU is a blocking copy
+    key = (tuple((int(h), int(w)) for h, w in shapes), str(device))
+    cached = _LEVEL_SHAPES.get(key)
+    if cached is None:
+        if len(_LEVEL_SHAPES) >= 256:  # many input sizes (evaluation): start over
+            _LEVEL_SHAPES.clear()
+        cached = _LEVEL_SHAPES[key] = torch.as_tensor(shapes, dtype=torch.long, device=device)
+    return cached
+
+
+_LEVEL_SHAPES: Dict[tuple, torch.Tensor] = {}
 
 
 def encoder_reference_points(spatial_shapes: List[tuple], batch: int, device, dtype):
