@@ -17,6 +17,7 @@ from torch import nn
 
 from .losses import dice_loss, point_sample, projection_loss, sample_points, sigmoid_focal_loss
 from .matcher import HungarianMatcher
+from .transfer import host_to_device
 
 
 def _num_targets_across_processes(targets, device):
@@ -144,12 +145,7 @@ class SetCriterion(nn.Module):
                  for s, per_set in enumerate(indices) for i, (src, tgt) in enumerate(per_set)]
         flat = (np.concatenate([np.stack(p) for p in parts], 1) if parts else
                 np.zeros((4, 0))).astype(np.int64)
-        flat = torch.from_numpy(flat)
-        if device.type != "cpu":
-            if device.type == "cuda":
-                flat = flat.pin_memory()  # so that the copy is asynchronous
-            flat = flat.to(device, non_blocking=True)
-        return flat.unbind(0)
+        return host_to_device(torch.from_numpy(flat), device).unbind(0)
 
     def _matching_outputs(self, outputs):
         """``outputs`` with empty merged entries (no member proposal) marked invalid for

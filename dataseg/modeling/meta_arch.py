@@ -38,6 +38,7 @@ from .postprocessing import (
     semantic_inference,
 )
 from .text_classifier import TextEmbeddingClassifier
+from .transfer import host_to_device
 from .transformer_decoder import MaskedAttentionDecoder
 from .vocabulary_bank import VocabularyBank
 
@@ -61,17 +62,6 @@ def class_count_embedder(text_dim: int):
     def embed(class_synonyms):
         return torch.zeros(len(class_synonyms), text_dim)
     return embed
-
-
-def host_to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """``t`` on ``device``; a host tensor goes to a CUDA device through pinned memory,
-    asynchronously (a plain copy from pageable memory makes the host wait for the GPU)."""
-    device = torch.device(device)
-    if t.device == device:
-        return t
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def preprocess_images(images: Sequence[torch.Tensor], pixel_mean: torch.Tensor,
